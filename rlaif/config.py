@@ -1,0 +1,211 @@
+"""Finding conf/, checking command-line overrides, and validating a composed config.
+
+Everything here runs before any model loads, so a typo costs a second, not a model load. Errors
+name the key, say what is wrong, and list the valid choices or say what to change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+GROUPS = ("generator", "judge", "criteria", "optimizer", "data", "evaluation", "tracker", "experiment")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def conf_dir() -> Path:
+    """conf/ shipped inside the installed package, or the source checkout's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "conf", here.parent / "conf"):
+        if (cand / "config.yaml").exists():
+            return cand
+    raise FileNotFoundError(f"rlaif cannot find its conf/ folder (looked in {here / 'conf'} and {here.parent / 'conf'})")
+
+
+def group_options(group: str, root: Path | None = None) -> list[str]:
+    root = root or conf_dir()
+    base = root / group
+    return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml"))
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Check group choices and key names of command-line overrides against conf/.
+
+    Hydra itself rejects these too, but without listing what is valid; this runs first so that
+    the error says what the choices are. Sweep values (``a,b``) and functions are checked per value.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides([o for o in overrides if not o.startswith("hydra")])
+    except Exception as e:  # noqa: BLE001 - hydra reports syntax errors itself, with position
+        raise ConfigError(str(e)) from None
+    group_choices: dict[str, str] = {}
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_delete() or o.is_add() or o.is_force_add() or key.startswith("hydra"):
+            continue
+        if key in GROUPS:
+            values = [str(v) for v in o.sweep_string_iterator()] if o.is_sweep_override() else [str(o.value())]
+            options = group_options(key)
+            for v in values:
+                if v not in options:
+                    raise ConfigError(
+                        f"Unknown {key} '{v}'. Valid choices for {key}: {', '.join(options)}.{_suggest(v, options)}"
+                    )
+            group_choices[key] = values[0]
+    gh = GlobalHydra.instance()
+    if gh.is_initialized():
+        gh.clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=[f"{k}={v}" for k, v in group_choices.items()])
+    for o in parsed:
+        key = o.key_or_group
+        if key in GROUPS or o.is_add() or o.is_force_add() or key.startswith("hydra"):
+            continue
+        parent_path, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
+        if not isinstance(parent, DictConfig):
+            raise ConfigError(f"Unknown key '{key}': '{parent_path}' is not a section of the config.")
+        if leaf not in parent:
+            valid = sorted(str(k) for k in parent.keys())
+            where = f"'{parent_path}'" if parent_path else "the top level"
+            raise ConfigError(
+                f"Unknown key '{key}'. Valid keys in {where}: {', '.join(valid)}.{_suggest(leaf, valid)} "
+                f"(to add a new key on purpose, write +{key}=...)"
+            )
+
+
+# ---- validation of the composed config ------------------------------------------------------
+
+def _num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class _Checker:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.errors: list[str] = []
+
+    def get(self, key: str) -> Any:
+        return OmegaConf.select(self.cfg, key, default=None, throw_on_missing=False)
+
+    def need(self, key: str, kind: str, low: float | None = None, high: float | None = None,
+             low_open: bool = False, choices: tuple | None = None, optional: bool = False) -> None:
+        v = self.get(key)
+        if v is None:
+            if not optional:
+                self.errors.append(f"{key}: missing; set {key}=<{kind}>")
+            return
+        if kind == "int" and (not isinstance(v, int) or isinstance(v, bool)):
+            self.errors.append(f"{key}: expected an integer, got {v!r}")
+            return
+        if kind == "number" and not _num(v):
+            self.errors.append(f"{key}: expected a number, got {v!r}")
+            return
+        if kind == "str" and not isinstance(v, str):
+            self.errors.append(f"{key}: expected a string, got {v!r}")
+            return
+        if kind == "bool" and not isinstance(v, bool):
+            self.errors.append(f"{key}: expected true or false, got {v!r}")
+            return
+        if choices is not None and v not in choices:
+            self.errors.append(f"{key}: '{v}' is not one of {', '.join(map(str, choices))}")
+        if low is not None and ((v <= low) if low_open else (v < low)):
+            self.errors.append(f"{key}: {v} must be {'>' if low_open else '>='} {low}")
+        if high is not None and v > high:
+            self.errors.append(f"{key}: {v} must be <= {high}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check names, types and combinations; raise ConfigError listing every problem."""
+    from rlaif.criteria import REQUIRED_WORDING, Criterion
+    from rlaif.optimizers.dpo import LOSS_TYPES
+    from rlaif.preferences import MODES
+
+    c = _Checker(cfg)
+    for group in GROUPS[:-1]:
+        if c.get(group) is None:
+            c.errors.append(f"{group}: missing config group; choose one of {', '.join(group_options(group))}")
+    if c.errors:
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(c.errors))
+
+    c.need("seed", "int", low=0)
+    c.need("policy.model", "str")
+    c.need("policy.trust_remote_code", "bool")
+    # generator
+    c.need("generator.num_candidates", "int", low=2)
+    c.need("generator.max_new_tokens", "int", low=1)
+    c.need("generator.temperature", "number", low=0, low_open=True)
+    c.need("generator.top_p", "number", low=0, high=1, low_open=True)
+    c.need("generator.top_k", "int", low=0)
+    c.need("generator.batch_size", "int", low=1)
+    c.need("generator.dtype", "str", choices=("float32", "bfloat16", "float16"))
+    # judge + criteria
+    kind = c.get("judge.kind")
+    c.need("judge.kind", "str", choices=tuple(REQUIRED_WORDING))
+    if c.get("judge.kind") in ("contrastive", "pairwise"):
+        c.need("judge.model", "str")
+        c.need("judge.batch_size", "int", low=1)
+        c.need("judge.dtype", "str", choices=("float32", "bfloat16", "float16"))
+    c.need("criteria.name", "str")
+    if kind in REQUIRED_WORDING and isinstance(c.get("criteria.name"), str):
+        crit = Criterion.from_config(cfg.criteria)
+        missing = crit.missing_for(kind)
+        if missing:
+            c.errors.append(
+                f"criteria '{crit.name}' has no wording for judge kind '{kind}' (missing "
+                + ", ".join(f"criteria.{m}" for m in missing)
+                + f"); add it to conf/criteria/{crit.name}.yaml or pick another judge"
+            )
+    # preferences
+    c.need("preferences.mode", "str", choices=MODES)
+    c.need("preferences.min_margin", "number", low=0)
+    # optimizer
+    c.need("optimizer.name", "str", choices=("dpo",))
+    if c.get("optimizer.name") == "dpo":
+        c.need("optimizer.beta", "number", low=0, low_open=True)
+        c.need("optimizer.loss_type", "str", choices=LOSS_TYPES)
+        c.need("optimizer.label_smoothing", "number", low=0, high=0.5)
+        c.need("optimizer.learning_rate", "number", low=0, low_open=True)
+        c.need("optimizer.epochs", "number", low=0, low_open=True)
+        c.need("optimizer.batch_size", "int", low=1)
+        c.need("optimizer.grad_accum", "int", low=1)
+        c.need("optimizer.max_length", "int", low=8)
+        c.need("optimizer.dtype", "str", choices=("float32", "bfloat16"))
+        c.need("optimizer.mixed_precision", "str", choices=("no", "bf16"))
+        c.need("optimizer.lora.enabled", "bool")
+        if c.get("optimizer.label_smoothing") and c.get("optimizer.loss_type") not in ("robust", "exo_pair", "sigmoid"):
+            c.errors.append("optimizer.label_smoothing: only used by loss_type robust, exo_pair or sigmoid (cDPO)")
+    # data
+    c.need("data.path", "str")
+    c.need("data.template", "str")
+    if isinstance(c.get("data.template"), str) and "{text}" not in c.get("data.template"):
+        c.errors.append("data.template: must contain {text}, where the prompt text goes")
+    c.need("data.num_train", "int", low=1)
+    c.need("data.num_eval", "int", low=1)
+    # evaluation
+    c.need("evaluation.samples_per_prompt", "int", low=1)
+    c.need("evaluation.kl_batch_size", "int", low=1)
+    c.need("evaluation.kl_dtype", "str", choices=("float32", "bfloat16"))
+    # tracker
+    if c.get("tracker.mode") is not None:
+        c.need("tracker.mode", "str", choices=("auto", "online", "offline", "disabled"))
+    c.need("cache.enabled", "bool")
+    if c.errors:
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(c.errors))

@@ -1,0 +1,71 @@
+"""Evaluation of the trained policy against the reference policy on held-out prompts.
+
+Measures: the frozen judge's win rate of policy over reference (sample i against sample i of the
+same prompt), mean gold reward of both (when the task has a gold labeller), sequence-level
+KL(policy || reference) estimated on the policy's own samples as mean of
+log pi(y|x) - log pi_ref(y|x), and mean response length in tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from rlaif.scoring import chat_prefix_ids, continuation_logprobs
+from rlaif.types import Candidate, EvalSample, Prompt
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def _sem(xs) -> float:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
+
+
+def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Candidate], judge, gold,
+             policy_model, reference_model, tokenizer, kl_batch_size: int = 16) -> tuple[list[EvalSample], dict]:
+    by_id = {p.id: p for p in prompts}
+    samples = []
+    golds = {}
+    for name, cands in (("policy", policy), ("reference", reference)):
+        g = gold.score([by_id[c.prompt_id] for c in cands], [c.text for c in cands]) if gold else [None] * len(cands)
+        golds[name] = g
+        samples += [EvalSample(c.prompt_id, name, c.index, c.text, c.num_tokens, s) for c, s in zip(cands, g, strict=True)]
+
+    # Judge win rate: policy sample i vs reference sample i of the same prompt.
+    ref_by_key = {(c.prompt_id, c.index): c for c in reference}
+    matched = [(c, ref_by_key[(c.prompt_id, c.index)]) for c in policy if (c.prompt_id, c.index) in ref_by_key]
+    prefs = judge.prefer([by_id[a.prompt_id] for a, _ in matched], [a.text for a, _ in matched],
+                         [b.text for _, b in matched]) if matched else []
+    valid_prefs = [p for p in prefs if p is not None]
+    wins = [1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5 for p in valid_prefs]
+
+    # Sequence-level KL on the policy's samples.
+    prefixes = [chat_prefix_ids(tokenizer, by_id[c.prompt_id].messages) for c in policy]
+    conts = [tokenizer(c.text, add_special_tokens=False)["input_ids"] for c in policy]
+    lp_pol = continuation_logprobs(policy_model, tokenizer.pad_token_id, prefixes, conts, kl_batch_size, desc="KL (policy)")
+    lp_ref = continuation_logprobs(reference_model, tokenizer.pad_token_id, prefixes, conts, kl_batch_size,
+                                   desc="KL (reference)")
+    kls = [a[0] - b[0] for a, b in zip(lp_pol, lp_ref, strict=True)]
+    pol_samples = [s for s in samples if s.source == "policy"]
+    for s, a, b in zip(pol_samples, lp_pol, lp_ref, strict=True):
+        s.logp_policy, s.logp_reference = a[0], b[0]
+
+    metrics = {
+        "eval/gold_reward_policy": _mean(golds["policy"]),
+        "eval/gold_reward_reference": _mean(golds["reference"]),
+        "eval/gold_reward_policy_sem": _sem(golds["policy"]),
+        "eval/gold_reward_reference_sem": _sem(golds["reference"]),
+        "eval/win_rate": _mean(wins),
+        "eval/judge_preference": _mean(valid_prefs),
+        "eval/win_rate_invalid": len(prefs) - len(valid_prefs),
+        "eval/kl": _mean(kls),
+        "eval/length_policy": _mean([c.num_tokens for c in policy]),
+        "eval/length_reference": _mean([c.num_tokens for c in reference]),
+        "eval/samples_per_policy": len(policy),
+    }
+    metrics["eval/gold_reward_gain"] = metrics["eval/gold_reward_policy"] - metrics["eval/gold_reward_reference"]
+    return samples, metrics

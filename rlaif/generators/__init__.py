@@ -1,0 +1,5 @@
+"""Generators: how candidate responses are sampled."""
+
+from rlaif.generators.hf import HFGenerator
+
+__all__ = ["HFGenerator"]

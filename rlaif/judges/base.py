@@ -1,0 +1,144 @@
+"""The judge interface.
+
+Every judge, whatever its kind, offers the same four uses:
+
+* ``rank(prompts, candidates)`` -> one ``Judgment`` per candidate (plus pairwise verdicts when the
+  kind compares pairs): labelling offline preference data;
+* ``prefer(prompts, a, b)`` -> P(a better than b) per item: evaluation win rates;
+* ``__call__(prompts, completions, **kwargs)`` -> list[float]: a TRL reward function;
+* ``best_of(prompts, candidates)`` -> index of the best candidate per prompt.
+
+Pointwise kinds implement ``score``; comparative kinds implement ``compare`` and override
+``rank``. A judge never trains: it holds frozen weights for the whole run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from rlaif.criteria import Criterion
+from rlaif.types import Candidate, Judgment, PairwiseVerdict, Prompt
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+class Judge:
+    kind: str = "base"
+    pointwise: bool = True
+
+    def __init__(self, criterion: Criterion, name: str | None = None):
+        self.criterion = criterion
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name or self.kind
+
+    # -- to implement -------------------------------------------------------------------------
+    def score(self, prompts: list[Prompt], responses: list[str]) -> list[float | None]:
+        raise NotImplementedError(f"{type(self).__name__} does not give pointwise scores")
+
+    def compare(self, prompts: list[Prompt], a: list[str], b: list[str]) -> list[tuple[float | None, float | None]]:
+        """(P(a better | a first), P(a better | a second)) per item."""
+        raise NotImplementedError(f"{type(self).__name__} does not compare pairs")
+
+    # -- shared uses --------------------------------------------------------------------------
+    def rank(self, prompts: list[Prompt], candidates: list[Candidate]) -> tuple[list[Judgment], list[PairwiseVerdict]]:
+        by_id = {p.id: p for p in prompts}
+        scores = self.score([by_id[c.prompt_id] for c in candidates], [c.text for c in candidates])
+        judgments = [
+            Judgment(c.prompt_id, c.index, s if _finite(s) else None, self.name, self.criterion.name,
+                     {} if _finite(s) else {"invalid": f"score was {s!r}"})
+            for c, s in zip(candidates, scores, strict=True)
+        ]
+        return judgments, []
+
+    def prefer(self, prompts: list[Prompt], a: list[str], b: list[str]) -> list[float | None]:
+        if self.pointwise:
+            sa, sb = self.score(prompts, a), self.score(prompts, b)
+            return [None if not (_finite(x) and _finite(y)) else (1.0 if x > y else 0.0 if x < y else 0.5)
+                    for x, y in zip(sa, sb, strict=True)]
+        out = []
+        for first, second in self.compare(prompts, a, b):
+            out.append(None if not (_finite(first) and _finite(second)) else 0.5 * (first + second))
+        return out
+
+    def best_of(self, prompts: list[Prompt], candidates: list[Candidate]) -> dict[str, int]:
+        judgments, _ = self.rank(prompts, candidates)
+        best: dict[str, tuple[float, int]] = {}
+        for j in judgments:
+            if j.valid and (j.prompt_id not in best or j.score > best[j.prompt_id][0]):
+                best[j.prompt_id] = (j.score, j.index)
+        return {pid: idx for pid, (_, idx) in best.items()}
+
+    def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
+        """TRL reward function. Prompts/completions may be strings or conversational messages.
+
+        Comparative judges need ``reference`` completions in kwargs and return P(completion better).
+        Unscorable items become NaN, which TRL's trainers ignore in their reward aggregation.
+        """
+        ps = [_as_prompt(p, i) for i, p in enumerate(prompts)]
+        cs = [_as_text(c) for c in completions]
+        if self.pointwise:
+            vals = self.score(ps, cs)
+        else:
+            ref = kwargs.get("reference")
+            if ref is None:
+                raise ValueError(f"the {self.kind} judge compares pairs: pass reference=<completions> to use it as a reward")
+            vals = self.prefer(ps, cs, [_as_text(r) for r in ref])
+        return [float(v) if _finite(v) else float("nan") for v in vals]
+
+
+def _as_text(c) -> str:
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list) and c and isinstance(c[-1], dict):
+        return c[-1].get("content", "")
+    raise TypeError(f"cannot read a completion of type {type(c).__name__}")
+
+
+def _as_prompt(p, i: int) -> Prompt:
+    if isinstance(p, Prompt):
+        return p
+    if isinstance(p, str):
+        return Prompt(id=str(i), text=p, messages=[{"role": "user", "content": p}], split="online")
+    if isinstance(p, list):
+        user = [m["content"] for m in p if m.get("role") == "user"]
+        return Prompt(id=str(i), text=user[-1] if user else "", messages=list(p), split="online")
+    raise TypeError(f"cannot read a prompt of type {type(p).__name__}")
+
+
+def rank_by_pairs(judge: Judge, prompts: list[Prompt], candidates: list[Candidate]):
+    """Rank k candidates per prompt with a comparative judge: every pair, both orders.
+
+    A candidate's score is its mean order-debiased win probability over its comparisons.
+    """
+    by_prompt: dict[str, list[Candidate]] = defaultdict(list)
+    for c in candidates:
+        by_prompt[c.prompt_id].append(c)
+    by_id = {p.id: p for p in prompts}
+    jobs = []
+    for pid, cs in by_prompt.items():
+        cs = sorted(cs, key=lambda c: c.index)
+        for i in range(len(cs)):
+            for j in range(i + 1, len(cs)):
+                jobs.append((pid, cs[i], cs[j]))
+    results = judge.compare([by_id[p] for p, _, _ in jobs], [a.text for _, a, _ in jobs], [b.text for _, _, b in jobs])
+    verdicts = []
+    wins: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for (pid, a, b), (first, second) in zip(jobs, results, strict=True):
+        v = PairwiseVerdict(pid, a.index, b.index, first if _finite(first) else None,
+                            second if _finite(second) else None, judge.name, judge.criterion.name)
+        verdicts.append(v)
+        if v.p_a is not None:
+            wins[(pid, a.index)].append(v.p_a)
+            wins[(pid, b.index)].append(1.0 - v.p_a)
+    judgments = []
+    for c in candidates:
+        w = wins.get((c.prompt_id, c.index))
+        judgments.append(Judgment(c.prompt_id, c.index, sum(w) / len(w) if w else None, judge.name,
+                                  judge.criterion.name, {"comparisons": len(w or [])}))
+    return judgments, verdicts

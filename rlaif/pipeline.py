@@ -1,0 +1,275 @@
+"""One experiment run, top to bottom: prompts -> candidates -> judgments -> preferences ->
+trained policy -> evaluation, with every stage's records in the run folder and the cache.
+
+``run(cfg)`` is what the CLI, tests and sweepers call; it returns the summary metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rlaif.cache import StageCache, stable_hash
+from rlaif.config import validate
+from rlaif.criteria import Criterion
+from rlaif.data import load_prompts
+from rlaif.evaluation import evaluate
+from rlaif.io import read_jsonl, read_records, write_json, write_records
+from rlaif.models import ModelPool
+from rlaif.preferences import build_pairs
+from rlaif.tracking import redact
+from rlaif.types import Candidate, EvalSample, Judgment, PairwiseVerdict, PreferencePair, Prompt
+
+log = logging.getLogger(__name__)
+
+
+class Run:
+    """State shared by the stages of one run: folders, cache, models, tracker, timings."""
+
+    def __init__(self, cfg: DictConfig, out: Path):
+        self.cfg, self.out = cfg, out
+        self.cache = StageCache(cfg.cache.dir, cfg.cache.enabled)
+        self.pool = ModelPool(cfg.cache.dir, cfg.policy.prefer_hub, cfg.policy.trust_remote_code)
+        self.times: dict[str, float] = {}
+        self.hits: dict[str, bool] = {}
+        self.tracker = instantiate(cfg.tracker)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        t = time.perf_counter()
+        yield
+        self.times[f"time/{stage}_s"] = round(time.perf_counter() - t, 2)
+
+    def records_stage(self, stage: str, inputs: dict, compute: Callable[[], dict[str, list]],
+                      types: dict[str, type]) -> dict[str, list]:
+        """Run or reuse a stage whose outputs are record lists; copy them into the run folder."""
+        key = self.cache.key(stage, inputs)
+        hit = self.cache.get(stage, key)
+        self.hits[stage] = hit is not None
+        if hit is None:
+            results = compute()
+            hit = self.cache.put(stage, key, lambda d: [write_records(d / f"{n}.jsonl", rs) for n, rs in results.items()])
+        else:
+            log.info("%s: reusing cached results (%s)", stage, hit)
+        out = {}
+        for name, cls in types.items():
+            src = hit / f"{name}.jsonl"
+            shutil.copyfile(src, self.out / f"{name}.jsonl")
+            out[name] = read_records(src, cls) if cls is not dict else read_jsonl(src)
+        return out
+
+
+def _finite_or_none(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _prompt_hash(prompts: list[Prompt]) -> str:
+    return stable_hash([p.to_dict() for p in prompts])
+
+
+def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    validate(cfg)
+    out = Path(output_dir) if output_dir else _hydra_output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    name = cfg.name or _hydra_choice("experiment") or "rlaif"
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+
+    r = Run(cfg, out)
+    seed = int(cfg.seed)
+
+    # Data and model resolution first: both fail fast, before any model loads.
+    d = cfg.data
+    prompts = load_prompts(d.path, d.template, d.system, d.num_train, d.num_eval, d.split_seed, d.text_field)
+    write_records(out / "prompts.jsonl", prompts)
+    train_prompts = [p for p in prompts if p.split == "train"]
+    eval_prompts = [p for p in prompts if p.split == "eval"]
+    policy = r.pool.resolve(cfg.policy.model)
+    judge_model = cfg.judge.get("model")
+    judge_identity = r.pool.resolve(judge_model).identity if judge_model else None
+    criterion = Criterion.from_config(cfg.criteria)
+    gold = instantiate(cfg.data.gold) if cfg.data.get("gold") else None
+
+    r.tracker.start(out, resolved, name)
+    try:
+        summary = _stages(r, cfg, seed, train_prompts, eval_prompts, policy, judge_identity, criterion, gold)
+    except BaseException:
+        r.tracker.finish()
+        raise
+    summary["time/total_s"] = round(time.perf_counter() - t_start, 2)
+    summary = {k: _finite_or_none(v) for k, v in summary.items()}
+    write_json(out / "summary.json", summary)
+    r.tracker.summary(summary)
+    location = r.tracker.location
+    r.tracker.finish()
+    print(format_summary(name, summary, out, location, r.hits))
+    return summary
+
+
+def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge_identity, criterion, gold) -> dict:
+    out, pool = r.out, r.pool
+    generator = instantiate(cfg.generator)
+    gen_inputs = {"model": policy.identity, "sampling": generator.sampling_params(), "seed": seed,
+                  "prompts": _prompt_hash(train_prompts), "k": generator.num_candidates}
+
+    # 1. Sample k candidates per training prompt.
+    with r.timed("generate"):
+        res = r.records_stage("generate", gen_inputs, lambda: {"candidates": generator.generate(
+            pool.model(cfg.policy.model, generator.dtype), pool.tokenizer(cfg.policy.model), train_prompts,
+            seed=seed, model_id=policy.identity, desc="generate candidates")}, {"candidates": Candidate})
+    candidates = res["candidates"]
+    r.tracker.log({"generate/candidates": len(candidates),
+                   "generate/mean_tokens": sum(c.num_tokens for c in candidates) / max(len(candidates), 1),
+                   "generate/finished_rate": sum(c.finished for c in candidates) / max(len(candidates), 1)})
+
+    # 2. Judge them under the criterion (frozen judge; may share the policy's loaded weights).
+    judge = instantiate(cfg.judge, _partial_=True)(criterion=criterion, pool=pool)
+    judge_inputs = {"judge": OmegaConf.to_container(cfg.judge, resolve=True), "judge_model": judge_identity,
+                    "criterion": OmegaConf.to_container(cfg.criteria, resolve=True),
+                    "candidates": stable_hash([c.to_dict() for c in candidates]), "prompts": _prompt_hash(train_prompts)}
+    with r.timed("judge"):
+        def _judge():
+            judgments, verdicts = judge.rank(train_prompts, candidates)
+            return {"judgments": judgments, "verdicts": verdicts}
+        res = r.records_stage("judge", judge_inputs, _judge, {"judgments": Judgment, "verdicts": PairwiseVerdict})
+    judgments, verdicts = res["judgments"], res["verdicts"]
+
+    # 3. Preference pairs (invalid judgments never enter a pair; they are counted).
+    with r.timed("preferences"):
+        pairs, pstats = build_pairs(train_prompts, candidates, judgments, verdicts, cfg.preferences.mode,
+                                    cfg.preferences.min_margin)
+        write_records(out / "preferences.jsonl", pairs)
+    metrics: dict[str, Any] = {f"preferences/{k}": v for k, v in pstats.items()}
+    valid_scores = [j.score for j in judgments if j.valid]
+    metrics["judge/invalid"] = len(judgments) - len(valid_scores)
+    metrics["judge/score_mean"] = sum(valid_scores) / len(valid_scores) if valid_scores else float("nan")
+    by_prompt = {p.id: p for p in train_prompts}
+    if gold is not None:
+        g = dict(zip([(c.prompt_id, c.index) for c in candidates],
+                     gold.score([by_prompt[c.prompt_id] for c in candidates], [c.text for c in candidates]),
+                     strict=True))
+        agree = [g[(p.prompt_id, p.chosen_index)] > g[(p.prompt_id, p.rejected_index)] for p in pairs
+                 if g[(p.prompt_id, p.chosen_index)] != g[(p.prompt_id, p.rejected_index)]]
+        metrics["judge/pair_agreement_with_gold"] = sum(agree) / len(agree) if agree else float("nan")
+        metrics["generate/gold_mean"] = sum(g.values()) / len(g) if g else float("nan")
+        jscore = {(j.prompt_id, j.index): j.score for j in judgments}
+        rows = [[by_prompt[c.prompt_id].text, c.text, jscore.get((c.prompt_id, c.index)), g[(c.prompt_id, c.index)]]
+                for c in candidates[: int(cfg.evaluation.table_rows)]]
+        r.tracker.table("generate/samples", ["prompt", "response", "judge_score", "gold"], rows)
+    r.tracker.log(metrics)
+
+    # 4. Train the policy on the pairs (a fresh copy: the judge's weights never change).
+    optimizer = instantiate(cfg.optimizer)
+    train_inputs = {"model": policy.identity, "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
+                    "pairs": stable_hash([p.to_dict() for p in pairs]), "seed": seed}
+    train_key = r.cache.key("train", train_inputs)
+    with r.timed("train"):
+        hit = r.cache.get("train", train_key)
+        r.hits["train"] = hit is not None
+        if hit is None:
+            def _train(d: Path):
+                last = optimizer.train(policy.path, pairs, d / "model", seed, r.tracker, cfg.policy.trust_remote_code)
+                shutil.rmtree(d / "model" / "trainer", ignore_errors=True)
+                write_json(d / "train_metrics.json", last)
+            hit = r.cache.put("train", train_key, _train)
+        train_metrics = read_jsonl_dict(hit / "train_metrics.json")
+    policy_dir = hit / "model"
+    link = out / "policy"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(policy_dir, link)
+    trained_id = f"trained:{train_key}"
+
+    # 5. Evaluate trained policy vs reference on held-out prompts with the same frozen judge.
+    ev = cfg.evaluation
+    eval_gen = instantiate(cfg.generator, temperature=ev.temperature, top_p=ev.top_p,
+                           max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+    eval_inputs = {"policy": trained_id, "reference": policy.identity, "sampling": eval_gen.sampling_params(),
+                   "k": int(ev.samples_per_prompt), "prompts": _prompt_hash(eval_prompts), "seed": seed,
+                   "judge": judge_inputs["judge"], "judge_model": judge_identity,
+                   "criterion": judge_inputs["criterion"], "gold": OmegaConf.to_container(cfg.data.gold, resolve=True)
+                   if cfg.data.get("gold") else None, "kl_dtype": ev.kl_dtype}
+    with r.timed("evaluate"):
+        def _evaluate():
+            tok = pool.tokenizer(cfg.policy.model)
+            pool.add("trained-policy", str(policy_dir), trained_id)
+            k = int(ev.samples_per_prompt)
+            eval_seed = seed + 1  # same seed for both policies: paired samples
+            ref = eval_gen.generate(pool.model(cfg.policy.model, eval_gen.dtype), tok, eval_prompts, k, eval_seed,
+                                    policy.identity, "reference", "evaluate: reference")
+            pol = eval_gen.generate(pool.model("trained-policy", eval_gen.dtype), tok, eval_prompts, k, eval_seed,
+                                    trained_id, "policy", "evaluate: policy")
+            samples, m = evaluate(eval_prompts, pol, ref, judge, gold, pool.model("trained-policy", ev.kl_dtype),
+                                  pool.model(cfg.policy.model, ev.kl_dtype), tok, int(ev.kl_batch_size))
+            return {"eval_samples": samples, "eval_metrics": [{k: _finite_or_none(v) for k, v in m.items()}]}
+        res = r.records_stage("evaluate", eval_inputs, _evaluate, {"eval_samples": EvalSample, "eval_metrics": dict})
+    eval_metrics = {k: (float("nan") if v is None else v) for k, v in res["eval_metrics"][0].items()}
+    r.tracker.log(eval_metrics)
+    samples = res["eval_samples"]
+    pol = {(s.prompt_id, s.index): s for s in samples if s.source == "policy"}
+    text = {p.id: p.text for p in eval_prompts}
+    rows = [[text[s.prompt_id], pol[(s.prompt_id, s.index)].text, s.text, pol[(s.prompt_id, s.index)].gold, s.gold]
+            for s in samples if s.source == "reference" and (s.prompt_id, s.index) in pol][: int(ev.table_rows)]
+    r.tracker.table("eval/samples", ["prompt", "policy", "reference", "gold_policy", "gold_reference"], rows)
+
+    summary = {**metrics, **{f"train/{k.removeprefix('train/')}": v for k, v in train_metrics.items()},
+               **eval_metrics, **r.times}
+    summary["cache/hits"] = sum(r.hits.values())
+    return summary
+
+
+def read_jsonl_dict(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _hydra_output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _hydra_choice(group: str) -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get(group)
+    except ValueError:
+        return None
+
+
+def format_summary(name: str, s: dict, out: Path, location: str | None, hits: dict[str, bool]) -> str:
+    def f(k, fmt="{:.3f}"):
+        v = s.get(k)
+        return "n/a" if v is None else fmt.format(v)
+
+    stages = [k[5:-2] for k in s if k.startswith("time/") and k != "time/total_s"]
+    lines = [
+        "",
+        f"== rlaif run '{name}' finished in {f('time/total_s', '{:.0f}')} s ==",
+        f"  gold reward   reference {f('eval/gold_reward_reference')}  ->  policy {f('eval/gold_reward_policy')}"
+        f"   (gain {f('eval/gold_reward_gain', '{:+.3f}')}, n={f('eval/samples_per_policy', '{:.0f}')} per policy)",
+        f"  judge win rate of policy over reference: {f('eval/win_rate')}",
+        f"  KL(policy || reference): {f('eval/kl')} nats per response",
+        f"  mean length   reference {f('eval/length_reference', '{:.1f}')}  ->  policy {f('eval/length_policy', '{:.1f}')} tokens",
+        f"  preference pairs: {f('preferences/pairs', '{:.0f}')} (invalid judgments {f('judge/invalid', '{:.0f}')},"
+        f" judge agrees with gold on {f('judge/pair_agreement_with_gold', '{:.0%}')} of pairs)",
+        "  time per stage: " + ", ".join(
+            f"{st} {s[f'time/{st}_s']:.0f}s{' (cached)' if hits.get(st) else ''}" for st in stages),
+        f"  run folder: {out}",
+        f"  W&B: {location or 'not tracked (tracker=none)'}",
+        "",
+    ]
+    return "\n".join(lines)

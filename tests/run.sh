@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: installs rlaif with its test extras (CPU torch when none is installed), then
+# runs pytest. Extra arguments go to pytest, e.g. `bash tests/run.sh -m slow`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export WANDB_MODE="${WANDB_MODE:-offline}"
+if ! python -c "import torch" >/dev/null 2>&1; then
+  pip install --quiet "torch==2.13.0"   # CPU wheel; install a CUDA build yourself on GPU machines
+fi
+pip install --quiet -e '.[dev]'
+python -m pytest "$@"

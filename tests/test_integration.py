@@ -1,0 +1,47 @@
+"""End to end with the real embedded SmolLM2-135M-Instruct: a reduced quickstart through the
+installed `rlaif` command, read back from the run folder and the W&B offline files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from test_pipeline import SUMMARY_KEYS, wandb_inspect
+
+pytestmark = pytest.mark.integration
+
+
+def test_reduced_quickstart_end_to_end(tmp_path):
+    run_dir = tmp_path / "quickstart"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("WANDB_API_KEY", None)
+    cmd = ["rlaif", "data.num_train=12", "data.num_eval=8", "generator.max_new_tokens=24",
+           "optimizer.epochs=1", "optimizer.batch_size=6", "evaluation.samples_per_prompt=2",
+           "cache.enabled=false", f"hydra.run.dir={run_dir}"]
+    t = time.time()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    elapsed = time.time() - t
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert elapsed < 300, f"reduced quickstart took {elapsed:.0f} s"
+    assert "gold reward" in proc.stdout and "run folder" in proc.stdout
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in SUMMARY_KEYS:
+        assert summary.get(key) is not None, key
+    assert summary["eval/samples_per_policy"] == 16
+    assert 0.0 <= summary["eval/win_rate"] <= 1.0
+    assert -1.0 <= summary["eval/gold_reward_policy"] <= 1.0
+    assert summary["preferences/pairs"] > 0
+
+    info = wandb_inspect(run_dir)
+    assert info["summary"]["eval/gold_reward_policy"] == pytest.approx(summary["eval/gold_reward_policy"])
+    assert info["summary"]["train/loss"] > 0
+    assert info["config"]["policy"]["model"] == "smollm2-135m-instruct"
+    assert info["config"]["judge"]["kind"] == "contrastive"
+    cands = [json.loads(x) for x in (run_dir / "candidates.jsonl").read_text().splitlines()]
+    assert cands[0]["model"].startswith("embedded:smollm2-135m-instruct:")
+    assert len({c["text"] for c in cands}) > len(cands) // 2  # sampling, not copies

@@ -1,0 +1,101 @@
+"""The whole pipeline on the tiny model: records in the run folder, W&B offline files, summary,
+a frozen judge, and a warm cache that skips every finished stage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import compose_config
+from rlaif.pipeline import run
+
+SUMMARY_KEYS = ["eval/gold_reward_reference", "eval/gold_reward_policy", "eval/win_rate", "eval/kl",
+                "eval/length_policy", "eval/length_reference", "time/total_s", "time/generate_s", "time/judge_s",
+                "time/preferences_s", "time/train_s", "time/evaluate_s"]
+
+
+def wandb_inspect(run_dir: Path, summary_only: bool = True) -> dict:
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, f"expected one offline W&B run in {run_dir}, found {runs}"
+    cmd = ["wandb", "leet", "inspect", "--json"] + (["--summary"] if summary_only else []) + [str(runs[0])]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out) if summary_only else [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def first_run(tiny_overrides, tmp_path):
+    cfg = compose_config(tiny_overrides)
+    out = tmp_path / "run1"
+    summary = run(cfg, output_dir=out)
+    return cfg, out, summary
+
+
+def test_run_writes_every_stage_and_summary(first_run, tiny_model):
+    from datasets import load_dataset
+
+    _, out, summary = first_run
+    for name in ["prompts", "candidates", "judgments", "preferences", "eval_samples"]:
+        assert (out / f"{name}.jsonl").stat().st_size > 0, name
+    on_disk = json.loads((out / "summary.json").read_text())
+    for key in SUMMARY_KEYS:
+        assert key in on_disk, key
+    assert on_disk["eval/gold_reward_policy"] == pytest.approx(summary["eval/gold_reward_policy"])
+    candidates = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]
+    assert len(candidates) == 6 * 3  # num_train x num_candidates
+    samples = [json.loads(x) for x in (out / "eval_samples.jsonl").read_text().splitlines()]
+    assert sum(s["source"] == "policy" for s in samples) == 3 * 2 == on_disk["eval/samples_per_policy"]
+
+    prefs = load_dataset("json", data_files=str(out / "preferences.jsonl"), split="train")
+    assert {"prompt", "chosen", "rejected", "judge", "chosen_score", "rejected_score", "margin"} <= set(prefs.column_names)
+    row = prefs[0]
+    assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+    assert row["chosen_score"] > row["rejected_score"]
+    assert row["judge"].startswith("contrastive:")
+
+    # The trained policy changed; the model the judge loaded (the original folder) did not.
+    original = load_file(str(Path(tiny_model) / "model.safetensors"))
+    trained = load_file(str(out / "policy" / "model.safetensors"))
+    assert any(not original[k].equal(trained[k]) for k in original if k in trained)
+
+
+def test_wandb_offline_run_holds_config_metrics_and_tables(first_run):
+    _, out, summary = first_run
+    info = wandb_inspect(out)
+    s = info["summary"]
+    for key in ["eval/gold_reward_policy", "eval/win_rate", "eval/kl", "preferences/pairs", "train/loss"]:
+        assert key in s, key
+    assert s["eval/kl"] == pytest.approx(summary["eval/kl"])
+    assert s["eval/samples"]["_type"] == "table-file" and s["generate/samples"]["nrows"] > 0
+    assert info["config"]["policy"]["model"].endswith("tiny-llama0") or "tiny-llama" in json.dumps(info["config"])
+
+
+def test_second_run_reuses_every_stage(first_run, tmp_path):
+    cfg, _, summary = first_run
+    again = run(cfg, output_dir=tmp_path / "run2")
+    assert again["cache/hits"] == 4  # generate, judge, train, evaluate
+    for key in ["eval/gold_reward_policy", "eval/gold_reward_reference", "eval/win_rate", "eval/kl"]:
+        assert again[key] == summary[key], key
+    a = (tmp_path / "run1" / "preferences.jsonl").read_bytes()
+    assert a == (tmp_path / "run2" / "preferences.jsonl").read_bytes()
+
+
+def test_tracker_none_and_cache_disabled(tiny_overrides, tmp_path):
+    cfg = compose_config(tiny_overrides + ["tracker=none", "cache.enabled=false", "data.num_train=4"])
+    summary = run(cfg, output_dir=tmp_path / "plain")
+    assert summary["cache/hits"] == 0
+    assert not (tmp_path / "plain" / "wandb").exists()
+    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["preferences/pairs"] > 0
+
+
+def test_pairwise_judge_pipeline_keeps_both_order_probabilities(tiny_overrides, tmp_path):
+    cfg = compose_config(tiny_overrides + ["judge=pairwise", "tracker=none"])
+    run(cfg, output_dir=tmp_path / "pw")
+    prefs = [json.loads(x) for x in (tmp_path / "pw" / "preferences.jsonl").read_text().splitlines()]
+    assert prefs, "pairwise judging produced no pairs"
+    for p in prefs:
+        assert 0.0 <= p["p_chosen_first"] <= 1.0 and 0.0 <= p["p_chosen_second"] <= 1.0
+        assert p["judge"].startswith("pairwise:")
