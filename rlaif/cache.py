@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 # Bump a stage's version when its code changes what it produces for the same inputs.
-STAGE_VERSIONS = {"generate": 1, "judge": 1, "preferences": 1, "train": 1, "evaluate": 1}
+STAGE_VERSIONS = {"generate": 1, "judge": 1, "preferences": 1, "train": 1, "evaluate": 2}
 
 
 def stable_hash(obj: Any) -> str:
@@ -47,10 +47,13 @@ class StageCache:
     def put(self, stage: str, key: str, build) -> Path:
         """Create the entry by calling ``build(tmp_dir)``; returns the entry's final path.
 
-        When caching is disabled the entry is still built (in a scratch folder under the cache
-        root or the system temp dir) so callers have one code path.
+        When caching is disabled the entry is still built, in a scratch folder of the system temp
+        dir, so callers have one code path.
         """
-        final = self.path(stage, key) if self.root is not None else Path(tempfile.mkdtemp()) / key
+        if not self.enabled:  # build into a scratch folder; never read or write the cache
+            final = Path(tempfile.mkdtemp(prefix=f"rlaif-{stage}-")) / key
+        else:
+            final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}.tmp-"))
         try:

@@ -12,9 +12,16 @@ from rlaif.config import ConfigError, check_overrides, conf_dir
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from rlaif.data import PromptFileError
+    from rlaif.models import ModelResolutionError
     from rlaif.pipeline import run
 
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except (ConfigError, PromptFileError, ModelResolutionError) as e:
+        # A user error: say what to fix, without a traceback.
+        print(f"rlaif: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     return summary.get("eval/gold_reward_policy")  # what an Optuna sweeper would optimise
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-GROUPS = ("generator", "judge", "criteria", "optimizer", "data", "evaluation", "tracker", "experiment")
+GROUPS = ("generator", "judge", "criteria", "optimizer", "data", "evaluation", "diagnostics", "tracker", "experiment")
 
 
 class ConfigError(ValueError):
@@ -49,6 +49,7 @@ def check_overrides(overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
 
     parser = OverridesParser.create()
     try:
@@ -61,14 +62,23 @@ def check_overrides(overrides: list[str]) -> None:
         if o.is_delete() or o.is_add() or o.is_force_add() or key.startswith("hydra"):
             continue
         if key in GROUPS:
-            values = [str(v) for v in o.sweep_string_iterator()] if o.is_sweep_override() else [str(o.value())]
             options = group_options(key)
+            value = o.value()
+            if isinstance(value, Glob):
+                values = value.filter(options)
+            elif o.is_sweep_override():
+                values = [str(v) for v in o.sweep_string_iterator()]
+            elif value is None:  # `group=null` drops the group; validation reports what is missing
+                continue
+            else:
+                values = [str(value)]
             for v in values:
                 if v not in options:
                     raise ConfigError(
                         f"Unknown {key} '{v}'. Valid choices for {key}: {', '.join(options)}.{_suggest(v, options)}"
                     )
-            group_choices[key] = values[0]
+            if values:
+                group_choices[key] = values[0]
     gh = GlobalHydra.instance()
     if gh.is_initialized():
         gh.clear()
@@ -195,8 +205,15 @@ def validate(cfg: DictConfig) -> None:
     # data
     c.need("data.path", "str")
     c.need("data.template", "str")
-    if isinstance(c.get("data.template"), str) and "{text}" not in c.get("data.template"):
-        c.errors.append("data.template: must contain {text}, where the prompt text goes")
+    template = c.get("data.template")
+    if isinstance(template, str):
+        if "{text}" not in template:
+            c.errors.append("data.template: must contain {text}, where the prompt text goes")
+        else:
+            try:
+                template.format(text="x")
+            except (KeyError, IndexError, ValueError) as e:
+                c.errors.append(f"data.template: only {{text}} may appear in braces (got {e!r}); write literal braces as {{{{ }}}}")
     c.need("data.num_train", "int", low=1)
     c.need("data.num_eval", "int", low=1)
     # evaluation
@@ -206,6 +223,8 @@ def validate(cfg: DictConfig) -> None:
     # tracker
     if c.get("tracker.mode") is not None:
         c.need("tracker.mode", "str", choices=("auto", "online", "offline", "disabled"))
+    c.need("diagnostics.enabled", "bool")
+    c.need("diagnostics.plot", "bool")
     c.need("cache.enabled", "bool")
     if c.errors:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(c.errors))

@@ -78,7 +78,7 @@ def _folder_identity(path: Path) -> str:
     for p in sorted(path.iterdir()):
         if p.is_file() and (p.suffix in {".json", ".safetensors", ".bin", ".model"}):
             st = p.stat()
-            h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return f"local:{path.resolve()}:{h.hexdigest()[:16]}"
 
 

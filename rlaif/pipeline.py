@@ -23,12 +23,13 @@ from rlaif.cache import StageCache, stable_hash
 from rlaif.config import validate
 from rlaif.criteria import Criterion
 from rlaif.data import load_prompts
+from rlaif.diagnostics import compute_diagnostics, diagnostics_plot
 from rlaif.evaluation import evaluate
 from rlaif.io import read_jsonl, read_records, write_json, write_records
 from rlaif.models import ModelPool
 from rlaif.preferences import build_pairs
 from rlaif.tracking import redact
-from rlaif.types import Candidate, EvalSample, Judgment, PairwiseVerdict, PreferencePair, Prompt
+from rlaif.types import Candidate, EvalSample, Judgment, PairwiseVerdict, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge_identi
     metrics["judge/invalid"] = len(judgments) - len(valid_scores)
     metrics["judge/score_mean"] = sum(valid_scores) / len(valid_scores) if valid_scores else float("nan")
     by_prompt = {p.id: p for p in train_prompts}
+    g: dict = {}
     if gold is not None:
         g = dict(zip([(c.prompt_id, c.index) for c in candidates],
                      gold.score([by_prompt[c.prompt_id] for c in candidates], [c.text for c in candidates]),
@@ -167,6 +169,16 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge_identi
         rows = [[by_prompt[c.prompt_id].text, c.text, jscore.get((c.prompt_id, c.index)), g[(c.prompt_id, c.index)]]
                 for c in candidates[: int(cfg.evaluation.table_rows)]]
         r.tracker.table("generate/samples", ["prompt", "response", "judge_score", "gold"], rows)
+    if cfg.diagnostics.enabled:
+        with r.timed("diagnostics"):
+            diag = compute_diagnostics(train_prompts, candidates, judgments, verdicts, g if gold is not None else None,
+                                       judge_identity, policy.identity)
+            write_json(out / "diagnostics.json", diag)
+            metrics.update(diag)
+            if cfg.diagnostics.plot:
+                png = diagnostics_plot(candidates, judgments, verdicts, out / "diagnostics.png",
+                                       title=f"{judge.name} / {criterion.name}")
+                r.tracker.image("judge/diagnostics", png)
     r.tracker.log(metrics)
 
     # 4. Train the policy on the pairs (a fresh copy: the judge's weights never change).

@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import pytest
-
 from test_pipeline import SUMMARY_KEYS, wandb_inspect
 
 pytestmark = pytest.mark.integration

@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import compose_config
 from safetensors.torch import load_file
 
-from conftest import compose_config
 from rlaif.pipeline import run
 
 SUMMARY_KEYS = ["eval/gold_reward_reference", "eval/gold_reward_policy", "eval/win_rate", "eval/kl",
@@ -99,3 +99,27 @@ def test_pairwise_judge_pipeline_keeps_both_order_probabilities(tiny_overrides, 
     for p in prefs:
         assert 0.0 <= p["p_chosen_first"] <= 1.0 and 0.0 <= p["p_chosen_second"] <= 1.0
         assert p["judge"].startswith("pairwise:")
+
+
+def test_diagnostics_written_and_logged(first_run):
+    _, out, summary = first_run
+    diag = json.loads((out / "diagnostics.json").read_text())
+    # a pointwise judge with a gold labeller: length bias and gold agreement are computable
+    for key in ["judge/p_prefer_longer", "judge/score_length_spearman", "judge/accuracy_vs_gold"]:
+        assert key in diag, key
+        assert summary[key] == pytest.approx(diag[key])
+    assert "judge/position_consistency" not in diag  # no pairwise verdicts, so not computed
+    assert (out / "diagnostics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert wandb_inspect(out)["summary"]["judge/diagnostics"]["_type"] == "image-file"
+
+
+def test_sweep_runs_one_job_per_value(tiny_overrides, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = ["rlaif", "-m", "optimizer.beta=0.05,0.5", "tracker=none", "diagnostics=none",
+           f"hydra.sweep.dir={sweep}", *tiny_overrides]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p.parent for p in sweep.glob("*/summary.json"))
+    assert len(jobs) == 2, list(sweep.iterdir())
+    betas = sorted(float((j / ".hydra" / "overrides.yaml").read_text().split("optimizer.beta=")[1].split()[0]) for j in jobs)
+    assert betas == [0.05, 0.5]

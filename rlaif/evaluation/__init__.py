@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 
+from rlaif.diagnostics import length_controlled_win_rate
 from rlaif.scoring import chat_prefix_ids, continuation_logprobs
 from rlaif.types import Candidate, EvalSample, Prompt
 
@@ -67,5 +68,9 @@ def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Can
         "eval/length_reference": _mean([c.num_tokens for c in reference]),
         "eval/samples_per_policy": len(policy),
     }
+    lc = length_controlled_win_rate(prefs, [a.num_tokens for a, _ in matched], [b.num_tokens for _, b in matched])
+    if "lc_win_rate" in lc:
+        metrics["eval/lc_win_rate"] = lc["lc_win_rate"]
+        metrics["eval/length_coef"] = lc["length_coef"]
     metrics["eval/gold_reward_gain"] = metrics["eval/gold_reward_policy"] - metrics["eval/gold_reward_reference"]
     return samples, metrics

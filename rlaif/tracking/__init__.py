@@ -43,6 +43,9 @@ class NullTracker:
     def table(self, name: str, columns: list[str], rows: list[list]) -> None:
         pass
 
+    def image(self, name: str, path: str | Path) -> None:
+        pass
+
     def summary(self, metrics: dict[str, Any]) -> None:
         pass
 
@@ -88,6 +91,12 @@ class WandbTracker(NullTracker):
 
         if self.run is not None:
             self.run.log({name: wandb.Table(columns=columns, data=rows)})
+
+    def image(self, name, path):
+        import wandb
+
+        if self.run is not None:
+            self.run.log({name: wandb.Image(str(path))})
 
     def summary(self, metrics):
         if self.run is not None:

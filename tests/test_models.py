@@ -1,0 +1,126 @@
+"""Model resolution: local folders, identities for cache keys, and errors that list what was tried."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rlaif.models import EMBEDDED, ModelPool, ModelResolutionError, resolve_model, torch_dtype
+
+
+@pytest.fixture
+def model_copy(tiny_model, tmp_path) -> Path:
+    """A private copy of the tiny model folder that a test may modify."""
+    dst = tmp_path / "model"
+    shutil.copytree(tiny_model, dst)
+    return dst
+
+
+def _weights(folder: Path) -> Path:
+    files = sorted(folder.glob("*.safetensors"))
+    assert files, f"no safetensors weights in {folder}"
+    return files[0]
+
+
+def test_local_folder_resolves_as_local(tiny_model, tmp_path):
+    r = resolve_model(tiny_model, cache_dir=tmp_path / "cache")
+    assert r.source == "local"
+    assert r.name == tiny_model
+    assert Path(r.path) == Path(tiny_model).resolve()
+    assert (Path(r.path) / "config.json").exists()
+    assert r.identity.startswith("local:")
+    assert str(Path(tiny_model).resolve()) in r.identity
+    assert resolve_model(tiny_model, cache_dir=tmp_path / "cache").identity == r.identity  # stable
+    assert not (tmp_path / "cache").exists()  # a local folder needs nothing from the cache
+
+
+def test_identity_changes_when_weights_change(model_copy, tmp_path):
+    before = resolve_model(str(model_copy), cache_dir=tmp_path / "cache").identity
+    weights = _weights(model_copy)
+    st = weights.stat()
+    # same size, new content, later modification time (what re-saving a trained model does)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, (st.st_atime + 10, st.st_mtime + 10))
+    assert weights.stat().st_size == st.st_size
+    after = resolve_model(str(model_copy), cache_dir=tmp_path / "cache").identity
+    assert after != before
+
+
+def test_identity_changes_when_weights_grow(model_copy, tmp_path):
+    before = resolve_model(str(model_copy), cache_dir=tmp_path / "cache").identity
+    weights = _weights(model_copy)
+    st = weights.stat()
+    with open(weights, "ab") as f:
+        f.write(b"\0" * 16)
+    os.utime(weights, (st.st_atime, st.st_mtime))  # even with the old mtime
+    assert resolve_model(str(model_copy), cache_dir=tmp_path / "cache").identity != before
+
+
+def test_identity_changes_with_config(model_copy, tmp_path):
+    before = resolve_model(str(model_copy), cache_dir=tmp_path / "cache").identity
+    cfg = model_copy / "config.json"
+    cfg.write_text(cfg.read_text().replace("{", '{\n  "rlaif_test_marker": 1,', 1))
+    assert resolve_model(str(model_copy), cache_dir=tmp_path / "cache").identity != before
+
+
+def test_identity_depends_on_the_folder(model_copy, tiny_model, tmp_path):
+    assert resolve_model(str(model_copy)).identity != resolve_model(tiny_model).identity
+
+
+def test_unknown_name_lists_every_source_and_a_fix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelResolutionError) as e:
+        resolve_model("definitely-not-a-model", cache_dir=tmp_path / "cache")
+    msg = str(e.value)
+    assert "definitely-not-a-model" in msg
+    assert "local folder" in msg and "does not exist" in msg
+    assert "embedded names" in msg
+    for name in EMBEDDED:
+        assert name in msg
+    fix = [line for line in msg.splitlines() if line.startswith("Fix:")]
+    assert len(fix) == 1 and "local folder" in fix[0] and "hub id" in fix[0]
+    assert not (tmp_path / "cache").exists()  # nothing fetched or created
+
+
+def test_folder_without_config_json_is_reported(model_copy, tmp_path):
+    (model_copy / "config.json").unlink()
+    with pytest.raises(ModelResolutionError) as e:
+        resolve_model(str(model_copy), cache_dir=tmp_path / "cache")
+    msg = str(e.value)
+    assert str(model_copy) in msg
+    assert "no config.json" in msg
+    assert "Fix:" in msg
+
+
+def test_pool_resolves_once_and_reports_failures(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pool = ModelPool(cache_dir=tmp_path / "cache")
+    assert pool.resolve(tiny_model) is pool.resolve(tiny_model)
+    with pytest.raises(ModelResolutionError, match="Sources tried"):
+        pool.model("definitely-not-a-model")
+    assert pool._models == {}
+
+
+def test_pool_add_registers_a_frozen_model(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model.train()
+    pool = ModelPool()
+    pool.add("trained", tiny_model, "trained:abc", model)
+    assert pool.resolve("trained").identity == "trained:abc"
+    assert pool.model("trained") is model
+    assert not model.training and all(not p.requires_grad for p in model.parameters())
+
+
+def test_torch_dtype_names():
+    import torch
+
+    assert torch_dtype("bfloat16") is torch.bfloat16
+    with pytest.raises(ValueError, match="float64"):
+        torch_dtype("float64")
