@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export WANDB_MODE="${WANDB_MODE:-offline}"
 if ! python -c "import torch" >/dev/null 2>&1; then
-  pip install --quiet "torch==2.13.0"   # CPU wheel; install a CUDA build yourself on GPU machines
+  pip install --quiet --root-user-action=ignore "torch==2.13.0"   # CPU wheel; install a CUDA build yourself on GPU machines
 fi
-pip install --quiet -e '.[dev]'
+pip install --quiet --root-user-action=ignore -e '.[dev]'
 python -m pytest "$@"
