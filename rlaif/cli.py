@@ -13,26 +13,54 @@ from rlaif.config import ConfigError, check_overrides, conf_dir
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from rlaif.data import PromptFileError
+    from rlaif.diagnostics.gate import JudgeGateError
     from rlaif.models import ModelResolutionError
     from rlaif.pipeline import run
 
     try:
         summary = run(cfg)
-    except (ConfigError, PromptFileError, ModelResolutionError) as e:
+    except (ConfigError, PromptFileError, ModelResolutionError, JudgeGateError) as e:
         # A user error: say what to fix, without a traceback.
         print(f"rlaif: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return summary.get("eval/gold_reward_policy")  # what an Optuna sweeper would optimise
 
 
-def main() -> None:
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="audit")
+def _hydra_audit(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from rlaif.audit import run_audit
+    from rlaif.data import PromptFileError
+    from rlaif.models import ModelResolutionError
+
+    try:
+        report = run_audit(cfg, HydraConfig.get().runtime.output_dir)
+    except (ConfigError, PromptFileError, ModelResolutionError) as e:
+        print(f"rlaif-audit: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    first = next(iter(report["judges"].values()), {})
+    return first.get("all", {}).get("accuracy_averaged")
+
+
+def _precheck(prog: str, config_name: str) -> None:
     overrides = [a for a in sys.argv[1:] if not a.startswith("-") and "=" in a]
     try:
-        check_overrides(overrides)
+        check_overrides(overrides, config_name)
     except ConfigError as e:
-        print(f"rlaif: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def main() -> None:
+    _precheck("rlaif", "config")
     _hydra_main()
+
+
+def audit_main() -> None:
+    """``rlaif-audit``: audit judge configs on labelled pairs (see rlaif/audit.py)."""
+    _precheck("rlaif-audit", "audit")
+    _hydra_audit()
 
 
 if __name__ == "__main__":

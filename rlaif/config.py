@@ -40,7 +40,7 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def check_overrides(overrides: list[str]) -> None:
+def check_overrides(overrides: list[str], config_name: str = "config") -> None:
     """Check group choices and key names of command-line overrides against conf/.
 
     Hydra itself rejects these too, but without listing what is valid; this runs first so that
@@ -83,7 +83,7 @@ def check_overrides(overrides: list[str]) -> None:
     if gh.is_initialized():
         gh.clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=[f"{k}={v}" for k, v in group_choices.items()])
+        cfg = compose(config_name, overrides=[f"{k}={v}" for k, v in group_choices.items()])
     for o in parsed:
         key = o.key_or_group
         if key in GROUPS or o.is_add() or o.is_force_add() or key.startswith("hydra"):
@@ -219,12 +219,21 @@ def validate(cfg: DictConfig) -> None:
     # evaluation
     c.need("evaluation.samples_per_prompt", "int", low=1)
     c.need("evaluation.kl_batch_size", "int", low=1)
+    c.need("evaluation.batch_size", "int", low=1)
+    c.need("evaluation.dtype", "str", choices=("float32", "bfloat16", "float16"))
     c.need("evaluation.kl_dtype", "str", choices=("float32", "bfloat16"))
     # tracker
     if c.get("tracker.mode") is not None:
         c.need("tracker.mode", "str", choices=("auto", "online", "offline", "disabled"))
     c.need("diagnostics.enabled", "bool")
     c.need("diagnostics.plot", "bool")
+    from rlaif.diagnostics.gate import GATES
+
+    for key, value in (c.get("diagnostics.gate") or {}).items():
+        if key not in GATES:
+            c.errors.append(f"diagnostics.gate.{key}: unknown gate; choose from {', '.join(sorted(GATES))}")
+        elif value is not None and not (_num(value) and 0 <= value <= 1):
+            c.errors.append(f"diagnostics.gate.{key}: expected a rate in [0, 1] or null, got {value!r}")
     c.need("cache.enabled", "bool")
     if c.errors:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(c.errors))

@@ -24,7 +24,9 @@ from rlaif.config import validate
 from rlaif.criteria import Criterion
 from rlaif.data import load_prompts
 from rlaif.diagnostics import compute_diagnostics, diagnostics_plot
+from rlaif.diagnostics.gate import JudgeGateError, check_gate
 from rlaif.evaluation import evaluate
+from rlaif.generators import HFGenerator
 from rlaif.io import read_jsonl, read_records, write_json, write_records
 from rlaif.models import ModelPool
 from rlaif.preferences import build_pairs
@@ -121,14 +123,13 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
 def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge_identity, criterion, gold) -> dict:
     out, pool = r.out, r.pool
     generator = instantiate(cfg.generator)
-    gen_inputs = {"model": policy.identity, "sampling": generator.sampling_params(), "seed": seed,
+    gen_inputs = {"model": generator.identity(pool), "sampling": generator.sampling_params(), "seed": seed,
                   "prompts": _prompt_hash(train_prompts), "k": generator.num_candidates}
 
     # 1. Sample k candidates per training prompt.
     with r.timed("generate"):
-        res = r.records_stage("generate", gen_inputs, lambda: {"candidates": generator.generate(
-            pool.model(cfg.policy.model, generator.dtype), pool.tokenizer(cfg.policy.model), train_prompts,
-            seed=seed, model_id=policy.identity, desc="generate candidates")}, {"candidates": Candidate})
+        res = r.records_stage("generate", gen_inputs, lambda: {"candidates": generator.sample(
+            pool, train_prompts, seed=seed, desc="generate candidates")}, {"candidates": Candidate})
     candidates = res["candidates"]
     r.tracker.log({"generate/candidates": len(candidates),
                    "generate/mean_tokens": sum(c.num_tokens for c in candidates) / max(len(candidates), 1),
@@ -180,6 +181,11 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge_identi
                                        title=f"{judge.name} / {criterion.name}")
                 r.tracker.image("judge/diagnostics", png)
     r.tracker.log(metrics)
+    failures = check_gate(OmegaConf.to_container(cfg.diagnostics.gate, resolve=True), metrics)
+    if failures:
+        write_json(out / "gate_failed.json", {"failures": failures})
+        raise JudgeGateError("The judge gate stopped the run before training:\n  - " + "\n  - ".join(failures)
+                             + f"\nJudgments and diagnostics are in {out}.")
 
     # 4. Train the policy on the pairs (a fresh copy: the judge's weights never change).
     optimizer = instantiate(cfg.optimizer)
@@ -205,8 +211,9 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge_identi
 
     # 5. Evaluate trained policy vs reference on held-out prompts with the same frozen judge.
     ev = cfg.evaluation
-    eval_gen = instantiate(cfg.generator, temperature=ev.temperature, top_p=ev.top_p,
-                           max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+    # The trained policy is a local model whatever generated the training candidates.
+    eval_gen = HFGenerator(model=cfg.policy.model, temperature=ev.temperature, top_p=ev.top_p,
+                           max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, dtype=ev.dtype)
     eval_inputs = {"policy": trained_id, "reference": policy.identity, "sampling": eval_gen.sampling_params(),
                    "k": int(ev.samples_per_prompt), "prompts": _prompt_hash(eval_prompts), "seed": seed,
                    "judge": judge_inputs["judge"], "judge_model": judge_identity,

@@ -160,7 +160,7 @@ def test_judge_and_generator_share_the_pool_model(sharp_model, criterion):
     before = judge.score(PROMPTS[:1], RESPONSES[:1])[0]
     generator = HFGenerator(model=sharp_model, dtype="float32")
     gen_model = pool.model(generator.model_name, generator.dtype)
-    assert gen_model is pool.model(judge.model_name, judge.dtype)
+    assert gen_model is pool.model(judge.backend.model_name, judge.backend.dtype)
     assert len(pool._models) == 1  # loaded once
     assert not gen_model.training
     assert all(not p.requires_grad for p in gen_model.parameters())

@@ -123,3 +123,27 @@ def test_sweep_runs_one_job_per_value(tiny_overrides, tmp_path):
     assert len(jobs) == 2, list(sweep.iterdir())
     betas = sorted(float((j / ".hydra" / "overrides.yaml").read_text().split("optimizer.beta=")[1].split()[0]) for j in jobs)
     assert betas == [0.05, 0.5]
+
+
+def test_gate_messages_name_metric_and_margin():
+    from rlaif.diagnostics.gate import check_gate
+
+    diag = {"judge/accuracy_vs_gold": 0.55, "judge/position_consistency": 0.9, "judge/same_slot_rate": 0.97}
+    fails = check_gate({"min_agreement": 0.7, "min_position_consistency": 0.5, "max_same_slot_rate": 0.5}, diag)
+    assert len(fails) == 2
+    assert "judge/accuracy_vs_gold = 0.550" in fails[0] and "short by 0.150" in fails[0]
+    assert "judge/same_slot_rate = 0.970" in fails[1] and "over by 0.470" in fails[1]
+    assert check_gate({"min_agreement": 0.5, "max_same_slot_rate": None}, diag) == []
+    assert "could not be computed" in check_gate({"min_position_consistency": 0.5}, {})[0]
+
+
+def test_gate_stops_run_before_training(tiny_overrides, tmp_path):
+    from rlaif.diagnostics.gate import JudgeGateError
+
+    # A pointwise judge has no position consistency: a gate on it cannot pass silently.
+    cfg = compose_config(tiny_overrides + ["tracker=none", "diagnostics.gate.min_position_consistency=0.6"])
+    with pytest.raises(JudgeGateError, match="judge/position_consistency"):
+        run(cfg, output_dir=tmp_path / "gated")
+    assert (tmp_path / "gated" / "gate_failed.json").exists()
+    assert (tmp_path / "gated" / "judgments.jsonl").exists()
+    assert not (tmp_path / "gated" / "policy").exists()  # never trained

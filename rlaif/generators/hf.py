@@ -25,9 +25,18 @@ class HFGenerator:
         self.batch_size = batch_size
         self.dtype = dtype
 
+    def identity(self, pool) -> str:
+        return pool.resolve(self.model_name).identity
+
+    def sample(self, pool, prompts: list[Prompt], k: int | None = None, seed: int = 0, source: str = "policy",
+               desc: str = "generate") -> list[Candidate]:
+        """Sample from the configured model, loaded (once, shared) through the pool."""
+        return self.generate(pool.model(self.model_name, self.dtype), pool.tokenizer(self.model_name), prompts, k,
+                             seed, self.identity(pool), source, desc)
+
     def sampling_params(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": self.top_k}
+                "top_k": self.top_k, "dtype": self.dtype}
 
     @torch.no_grad()
     def generate(self, model, tokenizer, prompts: list[Prompt], k: int | None = None, seed: int = 0,

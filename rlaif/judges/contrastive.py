@@ -3,14 +3,14 @@
 score(x) = mean log p(x | prompt, positive instruction) - mean log p(x | prompt, negative
 instruction), where the instructions come from the criterion. Pointwise, so it has no position
 bias by construction; one forward pass per (response, instruction). Related to RLCD
-(Yang et al. 2023, arXiv:2307.12950).
+(Yang et al. 2023, arXiv:2307.12950). Needs teacher forcing, so local models only.
 """
 
 from __future__ import annotations
 
+from rlaif.backends import make_backend
 from rlaif.criteria import Criterion
 from rlaif.judges.base import Judge
-from rlaif.scoring import chat_prefix_ids, continuation_logprobs, text_ids
 from rlaif.types import Prompt
 
 
@@ -18,30 +18,26 @@ class ContrastiveJudge(Judge):
     kind = "contrastive"
     pointwise = True
 
-    def __init__(self, criterion: Criterion, pool, model: str, dtype: str = "bfloat16", batch_size: int = 16,
-                 name: str | None = None, **_unused):
+    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "bfloat16",
+                 batch_size: int = 16, name: str | None = None, backend=None, api: dict | None = None, **_unused):
         criterion.require(self.kind)
         super().__init__(criterion, name)
-        self.pool, self.model_name, self.dtype, self.batch_size = pool, model, dtype, batch_size
+        self.backend = make_backend(pool, model, dtype, batch_size, api, backend)
         self.positive = criterion.get("contrastive.positive")
         self.negative = criterion.get("contrastive.negative")
 
     @property
     def name(self) -> str:
-        return self._name or f"contrastive:{self.model_name}"
+        return self._name or f"contrastive:{self.backend.name}"
 
     def _messages(self, instruction: str, prompt: Prompt) -> list[dict[str, str]]:
         msgs = [m for m in prompt.messages if m["role"] != "system"]
         return [{"role": "system", "content": instruction}, *msgs]
 
     def score(self, prompts: list[Prompt], responses: list[str]) -> list[float | None]:
-        tok = self.pool.tokenizer(self.model_name)
-        model = self.pool.model(self.model_name, self.dtype)
-        conts = [text_ids(tok, r) for r in responses]
         means = {}
         for label, instruction in (("pos", self.positive), ("neg", self.negative)):
-            prefixes = [chat_prefix_ids(tok, self._messages(instruction, p)) for p in prompts]
-            res = continuation_logprobs(model, tok.pad_token_id, prefixes, conts, self.batch_size,
-                                        desc=f"judge ({label})" if len(prompts) > 32 else None)
+            res = self.backend.sequence_logprobs([self._messages(instruction, p) for p in prompts], list(responses),
+                                                 desc=f"judge ({label})" if len(prompts) > 32 else None)
             means[label] = [s / n if n else None for s, n in res]
         return [None if p is None or n is None else p - n for p, n in zip(means["pos"], means["neg"], strict=True)]

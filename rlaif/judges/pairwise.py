@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 
+from rlaif.backends import make_backend
 from rlaif.criteria import Criterion
 from rlaif.judges.base import Judge, rank_by_pairs
-from rlaif.scoring import chat_prefix_ids, next_token_logprobs
 from rlaif.types import Prompt
 
 TEMPLATE = (
@@ -28,17 +28,18 @@ class PairwiseJudge(Judge):
     kind = "pairwise"
     pointwise = False
 
-    def __init__(self, criterion: Criterion, pool, model: str, dtype: str = "bfloat16", batch_size: int = 8,
-                 answer_tokens: tuple[str, str] = ("1", "2"), name: str | None = None, **_unused):
+    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "bfloat16",
+                 batch_size: int = 8, answer_tokens: tuple[str, str] = ("1", "2"), name: str | None = None,
+                 backend=None, api: dict | None = None, **_unused):
         criterion.require(self.kind)
         super().__init__(criterion, name)
-        self.pool, self.model_name, self.dtype, self.batch_size = pool, model, dtype, batch_size
+        self.backend = make_backend(pool, model, dtype, batch_size, api, backend)
         self.question = criterion.get("pairwise.question")
         self.answer_tokens = tuple(answer_tokens)
 
     @property
     def name(self) -> str:
-        return self._name or f"pairwise:{self.model_name}"
+        return self._name or f"pairwise:{self.backend.name}"
 
     def render(self, prompt: Prompt, first: str, second: str) -> list[dict[str, str]]:
         """The judge's chat for one ordering (exposed so tests can check the swap)."""
@@ -46,36 +47,25 @@ class PairwiseJudge(Judge):
         content = TEMPLATE.format(question=self.question, prompt=task, first=first, second=second)
         return [{"role": "user", "content": content}]
 
-    def _answer_ids(self, tok) -> list[int]:
-        ids = []
-        for t in self.answer_tokens:
-            enc = tok(t, add_special_tokens=False)["input_ids"]
-            if len(enc) != 1:
-                raise ValueError(f"answer token {t!r} is {len(enc)} tokens for this tokenizer; choose single-token answers")
-            ids.append(enc[0])
-        return ids
-
     def compare(self, prompts: list[Prompt], a: list[str], b: list[str]):
-        tok = self.pool.tokenizer(self.model_name)
-        model = self.pool.model(self.model_name, self.dtype)
-        ids = self._answer_ids(tok)
-        prefixes = []
+        chats = []
         for p, x, y in zip(prompts, a, b, strict=True):
-            prefixes.append(chat_prefix_ids(tok, self.render(p, x, y)))  # a in slot 1
-            prefixes.append(chat_prefix_ids(tok, self.render(p, y, x)))  # a in slot 2 (texts swapped)
-        logps = next_token_logprobs(model, tok.pad_token_id, prefixes, ids, self.batch_size)
+            chats.append(self.render(p, x, y))  # a in slot 1
+            chats.append(self.render(p, y, x))  # a in slot 2 (texts swapped)
+        logps = self.backend.next_token_logprobs(chats, list(self.answer_tokens))
         out = []
         for k in range(len(a)):
-            l1, l2 = logps[2 * k], logps[2 * k + 1]
-            out.append((_softmax_first(l1), 1.0 - _softmax_first(l2) if _softmax_first(l2) is not None else None))
+            first = _softmax_first(logps[2 * k])
+            second = _softmax_first(logps[2 * k + 1])
+            out.append((first, None if second is None else 1.0 - second))
         return out
 
     def rank(self, prompts, candidates):
         return rank_by_pairs(self, prompts, candidates)
 
 
-def _softmax_first(logps: list[float]) -> float | None:
-    if len(logps) != 2 or not all(math.isfinite(x) for x in logps):
+def _softmax_first(logps: list[float | None]) -> float | None:
+    if len(logps) != 2 or not all(x is not None and math.isfinite(x) for x in logps):
         return None
     m = max(logps)
     e0, e1 = math.exp(logps[0] - m), math.exp(logps[1] - m)

@@ -72,6 +72,8 @@ class WandbTracker(NullTracker):
     def start(self, run_dir, config, name=None):
         import wandb
 
+        if os.environ.get("WANDB_MODE") == "":  # an empty value would fail wandb's own validation
+            del os.environ["WANDB_MODE"]
         mode = self.resolved_mode()
         self.run = wandb.init(project=self.project, entity=self.entity, dir=str(run_dir), config=redact(config),
                               mode=mode, group=self.group, job_type=self.job_type, tags=self.tags, name=name,
