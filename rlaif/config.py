@@ -227,6 +227,7 @@ def validate(cfg: DictConfig) -> None:
         c.need("tracker.mode", "str", choices=("auto", "online", "offline", "disabled"))
     c.need("diagnostics.enabled", "bool")
     c.need("diagnostics.plot", "bool")
+    c.need("diagnostics.probe_items", "int", low=0)
     from rlaif.diagnostics.gate import GATES
 
     for key, value in (c.get("diagnostics.gate") or {}).items():

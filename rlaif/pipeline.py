@@ -23,7 +23,13 @@ from rlaif.cache import StageCache, stable_hash
 from rlaif.config import validate
 from rlaif.criteria import Criterion
 from rlaif.data import load_prompts
-from rlaif.diagnostics import compute_diagnostics, diagnostics_plot
+from rlaif.diagnostics import (
+    compute_diagnostics,
+    diagnostics_plot,
+    injection_probe,
+    swap_probe,
+    verbosity_probe,
+)
 from rlaif.diagnostics.gate import JudgeGateError, check_gate
 from rlaif.evaluation import evaluate
 from rlaif.generators import HFGenerator
@@ -31,7 +37,7 @@ from rlaif.io import read_jsonl, read_records, write_json, write_records
 from rlaif.models import ModelPool
 from rlaif.preferences import build_pairs
 from rlaif.tracking import redact
-from rlaif.types import Candidate, EvalSample, Judgment, PairwiseVerdict, Prompt
+from rlaif.types import Candidate, EvalSample, Judgment, PairwiseVerdict, PreferencePair, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +105,14 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     train_prompts = [p for p in prompts if p.split == "train"]
     eval_prompts = [p for p in prompts if p.split == "eval"]
     policy = r.pool.resolve(cfg.policy.model)
-    judge_model = cfg.judge.get("model")
-    judge_identity = r.pool.resolve(judge_model).identity if judge_model else None
     criterion = Criterion.from_config(cfg.criteria)
+    judge = instantiate(cfg.judge, _partial_=True)(criterion=criterion, pool=r.pool)  # loads nothing yet
+    judge_identity = judge.identity
     gold = instantiate(cfg.data.gold) if cfg.data.get("gold") else None
 
     r.tracker.start(out, resolved, name)
     try:
-        summary = _stages(r, cfg, seed, train_prompts, eval_prompts, policy, judge_identity, criterion, gold)
+        summary = _stages(r, cfg, seed, train_prompts, eval_prompts, policy, judge, judge_identity, criterion, gold)
     except BaseException:
         r.tracker.finish()
         raise
@@ -120,7 +126,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     return summary
 
 
-def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge_identity, criterion, gold) -> dict:
+def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge_identity, criterion, gold) -> dict:
     out, pool = r.out, r.pool
     generator = instantiate(cfg.generator)
     gen_inputs = {"model": generator.identity(pool), "sampling": generator.sampling_params(), "seed": seed,
@@ -136,7 +142,6 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge_identi
                    "generate/finished_rate": sum(c.finished for c in candidates) / max(len(candidates), 1)})
 
     # 2. Judge them under the criterion (frozen judge; may share the policy's loaded weights).
-    judge = instantiate(cfg.judge, _partial_=True)(criterion=criterion, pool=pool)
     judge_inputs = {"judge": OmegaConf.to_container(cfg.judge, resolve=True), "judge_model": judge_identity,
                     "criterion": OmegaConf.to_container(cfg.criteria, resolve=True),
                     "candidates": stable_hash([c.to_dict() for c in candidates]), "prompts": _prompt_hash(train_prompts)}
@@ -174,6 +179,8 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge_identi
         with r.timed("diagnostics"):
             diag = compute_diagnostics(train_prompts, candidates, judgments, verdicts, g if gold is not None else None,
                                        judge_identity, policy.identity)
+            if int(cfg.diagnostics.probe_items) > 0 and pairs:
+                diag.update(run_probes(judge, train_prompts, pairs, int(cfg.diagnostics.probe_items)))
             write_json(out / "diagnostics.json", diag)
             metrics.update(diag)
             if cfg.diagnostics.plot:
@@ -246,6 +253,27 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge_identi
                **eval_metrics, **r.times}
     summary["cache/hits"] = sum(r.hits.values())
     return summary
+
+
+def run_probes(judge, prompts: list[Prompt], pairs: list[PreferencePair], items: int) -> dict[str, float]:
+    """Verbosity, injection and (comparative judges) swap probes on the first preference pairs."""
+    by_id = {p.id: p for p in prompts}
+    pairs = pairs[:items]
+    ps = [by_id[p.prompt_id] for p in pairs]
+    chosen = [p.chosen[0]["content"] for p in pairs]
+    rejected = [p.rejected[0]["content"] for p in pairs]
+    out = {}
+    for k, v in verbosity_probe(judge, ps, rejected, other=chosen).items():
+        if k in ("padded_win_rate", "mean_shift", "raise_rate"):
+            out[f"judge/probe_verbosity_{k}"] = v
+    for k, v in injection_probe(judge, ps, chosen, rejected).items():
+        if k.endswith(("flip_rate", "mean_shift")):
+            out[f"judge/probe_injection_{k.replace('/', '_')}"] = v
+    if not judge.pointwise:
+        for k, v in swap_probe(judge, ps, chosen, rejected).items():
+            if k in ("position_consistency", "same_slot_rate", "max_swap_mismatch"):
+                out[f"judge/probe_swap_{k.removeprefix('max_swap_')}"] = v
+    return out
 
 
 def read_jsonl_dict(path: Path) -> dict:

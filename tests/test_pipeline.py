@@ -93,7 +93,11 @@ def test_tracker_none_and_cache_disabled(tiny_overrides, tmp_path):
 
 def test_pairwise_judge_pipeline_keeps_both_order_probabilities(tiny_overrides, tmp_path):
     cfg = compose_config(tiny_overrides + ["judge=pairwise", "tracker=none"])
-    run(cfg, output_dir=tmp_path / "pw")
+    summary = run(cfg, output_dir=tmp_path / "pw")
+    diag = json.loads((tmp_path / "pw" / "diagnostics.json").read_text())
+    assert 0.0 <= diag["judge/position_consistency"] <= 1.0 and 0.0 <= diag["judge/same_slot_rate"] <= 1.0
+    assert diag["judge/probe_swap_mismatch"] < 1e-6  # the swapped order really shows the texts swapped
+    assert summary["judge/same_slot_rate"] == diag["judge/same_slot_rate"]
     prefs = [json.loads(x) for x in (tmp_path / "pw" / "preferences.jsonl").read_text().splitlines()]
     assert prefs, "pairwise judging produced no pairs"
     for p in prefs:
@@ -109,6 +113,8 @@ def test_diagnostics_written_and_logged(first_run):
         assert key in diag, key
         assert summary[key] == pytest.approx(diag[key])
     assert "judge/position_consistency" not in diag  # no pairwise verdicts, so not computed
+    assert 0.0 <= diag["judge/probe_verbosity_padded_win_rate"] <= 1.0
+    assert 0.0 <= diag["judge/probe_injection_this_flip_rate"] <= 1.0
     assert (out / "diagnostics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert wandb_inspect(out)["summary"]["judge/diagnostics"]["_type"] == "image-file"
 

@@ -37,6 +37,12 @@ class Judge:
     def name(self) -> str:
         return self._name or self.kind
 
+    @property
+    def identity(self) -> str:
+        """What the judge's verdicts depend on besides its config: the model's identity, if any."""
+        backend = getattr(self, "backend", None)
+        return backend.identity if backend is not None else self.name
+
     # -- to implement -------------------------------------------------------------------------
     def score(self, prompts: list[Prompt], responses: list[str]) -> list[float | None]:
         raise NotImplementedError(f"{type(self).__name__} does not give pointwise scores")
