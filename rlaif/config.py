@@ -144,7 +144,7 @@ class _Checker:
 
 def validate(cfg: DictConfig) -> None:
     """Check names, types and combinations; raise ConfigError listing every problem."""
-    from rlaif.criteria import REQUIRED_WORDING, Criterion
+    from rlaif.criteria import REQUIRED_WORDING, Criterion, wording_problems
     from rlaif.optimizers.dpo import LOSS_TYPES
     from rlaif.preferences import MODES
 
@@ -169,20 +169,14 @@ def validate(cfg: DictConfig) -> None:
     # judge + criteria
     kind = c.get("judge.kind")
     c.need("judge.kind", "str", choices=tuple(REQUIRED_WORDING))
-    if c.get("judge.kind") in ("contrastive", "pairwise"):
+    if c.get("judge.kind") in ("contrastive", "pairwise", "pointwise", "generative", "reward_model"):
         c.need("judge.model", "str")
         c.need("judge.batch_size", "int", low=1)
         c.need("judge.dtype", "str", choices=("float32", "bfloat16", "float16"))
     c.need("criteria.name", "str")
     if kind in REQUIRED_WORDING and isinstance(c.get("criteria.name"), str):
         crit = Criterion.from_config(cfg.criteria)
-        missing = crit.missing_for(kind)
-        if missing:
-            c.errors.append(
-                f"criteria '{crit.name}' has no wording for judge kind '{kind}' (missing "
-                + ", ".join(f"criteria.{m}" for m in missing)
-                + f"); add it to conf/criteria/{crit.name}.yaml or pick another judge"
-            )
+        c.errors.extend(wording_problems(cfg.judge, crit))
     # preferences
     c.need("preferences.mode", "str", choices=MODES)
     c.need("preferences.min_margin", "number", low=0)

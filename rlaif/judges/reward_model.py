@@ -1,0 +1,108 @@
+"""Reward-model judge: a sequence-classification model with one output (e.g. a hub reward model
+such as Skywork-Reward-V2) scores the chat-formatted (prompt, response); the score is its logit.
+
+The criterion is baked into the weights, so no criterion wording is read. Weights are loaded
+lazily on first use, from a local folder or hub id through ``rlaif.models.resolve_model``
+(safetensors only; ``trust_remote_code`` only when set), and stay frozen (eval mode, no grad).
+Tokenizers with a chat template see ``prompt.messages + [assistant response]`` formatted by it;
+tokenizers without one (older RMs) get the (question, answer) text pair they were trained on.
+Inputs longer than ``max_length`` are truncated from the left: the reward is read at the last
+token, which must stay.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlaif.criteria import Criterion
+from rlaif.judges.base import Judge
+from rlaif.models import load_tokenizer, resolve_model, torch_dtype
+from rlaif.types import Prompt
+
+
+class RewardModelJudge(Judge):
+    kind = "reward_model"
+    pointwise = True
+
+    def __init__(self, criterion: Criterion, model: str, pool=None, dtype: str = "bfloat16", batch_size: int = 8,
+                 max_length: int = 2048, trust_remote_code: bool = False, device: str = "auto",
+                 name: str | None = None, **_unused):
+        super().__init__(criterion, name)
+        if not model:
+            raise ValueError("the reward_model judge needs judge.model: a local folder or hub id of a "
+                             "sequence-classification reward model")
+        self.model_name, self.pool, self.dtype = model, pool, dtype
+        self.batch_size, self.max_length, self.trust_remote_code = batch_size, max_length, trust_remote_code
+        self.device = device
+        self._tok = self._model = self._resolved = None
+
+    @property
+    def name(self) -> str:
+        return self._name or f"reward_model:{self.model_name}"
+
+    def _resolve(self):
+        if self._resolved is None:
+            self._resolved = (self.pool.resolve(self.model_name) if self.pool is not None
+                              else resolve_model(self.model_name))
+        return self._resolved
+
+    @property
+    def identity(self) -> str:
+        """The reward model's resolved identity (path + weight hash, or hub id + revision)."""
+        return self._resolve().identity
+
+    def _load(self):
+        if self._model is None:
+            from transformers import AutoModelForSequenceClassification
+
+            resolved = self._resolve()
+            tok = load_tokenizer(resolved.path, self.trust_remote_code)
+            tok.truncation_side = "left"
+            model = AutoModelForSequenceClassification.from_pretrained(
+                resolved.path, dtype=torch_dtype(self.dtype), use_safetensors=True,
+                trust_remote_code=self.trust_remote_code)
+            if model.config.num_labels != 1:
+                raise ValueError(f"{self.model_name} has {model.config.num_labels} output labels; a reward model "
+                                 "has exactly one (num_labels=1)")
+            if model.config.pad_token_id is None:  # batched scoring finds each row's last token by padding
+                model.config.pad_token_id = tok.pad_token_id
+            device = self.device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            model.to(device)
+            model.eval()
+            model.requires_grad_(False)
+            self._tok, self._model = tok, model
+        return self._tok, self._model
+
+    def encode(self, prompt: Prompt, response: str) -> list[int]:
+        """Token ids the reward model reads for one (prompt, response) (exposed for tests)."""
+        tok, _ = self._load()
+        if tok.chat_template:
+            msgs = [*prompt.messages, {"role": "assistant", "content": response}]
+            text = tok.apply_chat_template(msgs, tokenize=False)
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+        else:
+            user = [m["content"] for m in prompt.messages if m.get("role") == "user"]
+            ids = tok(user[-1] if user else prompt.text, response)["input_ids"]
+        return ids[-self.max_length:]
+
+    @torch.no_grad()
+    def score(self, prompts: list[Prompt], responses: list[str]) -> list[float | None]:
+        tok, model = self._load()
+        pad = model.config.pad_token_id
+        device = next(model.parameters()).device
+        seqs = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        out: list[float | None] = []
+        for s in range(0, len(seqs), self.batch_size):
+            batch = seqs[s : s + self.batch_size]
+            width = max(len(x) for x in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            for r, seq in enumerate(batch):  # right padding: the head reads the last non-pad token
+                ids[r, : len(seq)] = torch.tensor(seq)
+                attn[r, : len(seq)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+            for v in logits[:, 0].tolist():
+                out.append(v if v == v and abs(v) != float("inf") else None)
+        return out
