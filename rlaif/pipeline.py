@@ -137,7 +137,11 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
         res = r.records_stage("generate", gen_inputs, lambda: {"candidates": generator.sample(
             pool, train_prompts, seed=seed, desc="generate candidates")}, {"candidates": Candidate})
     candidates = res["candidates"]
-    r.tracker.log({"generate/candidates": len(candidates),
+    if getattr(generator, "failures", 0):
+        log.warning("generate: %d requests failed after retries; those candidates are missing", generator.failures)
+    gen_acct = generator.accounting() if hasattr(generator, "accounting") else {}
+    r.tracker.log({**{f"generate/api_{k}": v for k, v in gen_acct.items()},
+                   "generate/candidates": len(candidates),
                    "generate/mean_tokens": sum(c.num_tokens for c in candidates) / max(len(candidates), 1),
                    "generate/finished_rate": sum(c.finished for c in candidates) / max(len(candidates), 1)})
 
@@ -187,6 +191,9 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
                 png = diagnostics_plot(candidates, judgments, verdicts, out / "diagnostics.png",
                                        title=f"{judge.name} / {criterion.name}")
                 r.tracker.image("judge/diagnostics", png)
+    backend = getattr(judge, "backend", None)
+    if backend is not None and hasattr(backend, "accounting"):
+        metrics.update({f"judge/api_{k}": v for k, v in backend.accounting().items()})
     r.tracker.log(metrics)
     failures = check_gate(OmegaConf.to_container(cfg.diagnostics.gate, resolve=True), metrics)
     if failures:

@@ -20,7 +20,9 @@ SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization)", re
 def redact(obj: Any) -> Any:
     """Copy of a (nested) config with every secret-looking key's value replaced."""
     if isinstance(obj, dict):
-        return {k: ("***" if SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in obj.items()}
+        # `*_env` keys name an environment variable (e.g. api_key_env: OPENAI_API_KEY), not a secret.
+        return {k: ("***" if SECRET_KEY.search(str(k)) and not str(k).endswith("_env") and v not in (None, "")
+                    else redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj

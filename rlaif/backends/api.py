@@ -1,0 +1,408 @@
+"""An OpenAI-compatible chat-completions endpoint as a judge backend (vLLM serve, llama.cpp server,
+Ollama, hosted APIs).
+
+``ChatClient`` is the HTTP part shared with ``rlaif.generators.api``: bounded concurrency (results
+in input order), retries with exponential backoff and jitter on timeouts, connection errors, 429
+and 5xx (a ``Retry-After`` header is honoured), an optional client-side rate limit, and token/cost
+accounting from each response's ``usage``.
+
+What it must not do:
+
+* invent a value: a request that fails after its retries, or a response that is not JSON or lacks
+  the expected fields, is counted as a failure and returned as ``None`` -- never a label, a
+  default probability or an empty string;
+* leak the API key: it is read from the environment variable named by ``api_key_env`` at request
+  time and appears in no exception, log record, ``repr``, ``identity`` or accounting.
+
+``base_url`` includes the API version prefix, as in the ``openai`` client:
+``http://127.0.0.1:8080/v1`` -> requests go to ``http://127.0.0.1:8080/v1/chat/completions``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from rlaif.backends import BackendUnsupported
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER_S = 60.0  # a server asking for a longer pause than this gets this (then retries)
+
+
+class Failure(Exception):
+    """One request's terminal failure; ``reason`` is a short category used in the counts."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def public_url(url: str) -> str:
+    """``url`` without user:password and trailing slash (safe to show and to use in cache keys)."""
+    parts = urlsplit(url.rstrip("/"))
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+class _RateLimiter:
+    """Spaces request starts at least 60/requests_per_minute seconds apart (across threads)."""
+
+    def __init__(self, requests_per_minute: float):
+        if not requests_per_minute > 0:
+            raise ValueError(f"requests_per_minute must be > 0 (or None for no limit), got {requests_per_minute}")
+        self.interval = 60.0 / requests_per_minute
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+class ChatClient:
+    """Thread-safe client for ``POST {base_url}/chat/completions`` with retries and accounting."""
+
+    def __init__(self, base_url: str, api_key_env: str | None = "OPENAI_API_KEY", max_concurrency: int = 4,
+                 timeout_s: float = 60, max_retries: int = 4, backoff_s: float = 1.0,
+                 price_per_1k_prompt: float = 0.0, price_per_1k_completion: float = 0.0,
+                 requests_per_minute: float | None = None):
+        if not str(base_url).startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {public_url(str(base_url))!r}")
+        if int(max_concurrency) < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if int(max_retries) < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if not float(timeout_s) > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.base_url = str(base_url).rstrip("/")
+        self.api_key_env = api_key_env or None
+        self.max_concurrency = int(max_concurrency)
+        self.timeout_s = float(timeout_s)
+        self.max_retries = int(max_retries)
+        self.backoff_s = float(backoff_s)
+        self.price_per_1k_prompt = float(price_per_1k_prompt)
+        self.price_per_1k_completion = float(price_per_1k_completion)
+        self.requests_per_minute = requests_per_minute
+        self._limiter = _RateLimiter(float(requests_per_minute)) if requests_per_minute else None
+        self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
+        self.reset_accounting()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return (f"ChatClient(base_url={public_url(self.base_url)!r}, api_key_env={self.api_key_env!r}, "
+                f"max_concurrency={self.max_concurrency}, timeout_s={self.timeout_s}, max_retries={self.max_retries})")
+
+    def __getstate__(self) -> dict:  # picklable/copyable: locks and the connection pool are rebuilt
+        state = self.__dict__.copy()
+        state["_lock"] = state["_client"] = None
+        state["_limiter"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._limiter = _RateLimiter(float(self.requests_per_minute)) if self.requests_per_minute else None
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                n = self.max_concurrency
+                self._client = httpx.Client(timeout=self.timeout_s, limits=httpx.Limits(
+                    max_connections=n, max_keepalive_connections=n))
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def _key(self) -> str | None:
+        return (os.environ.get(self.api_key_env) or None) if self.api_key_env else None
+
+    def _scrub(self, text: str) -> str:
+        """Text safe to log or raise: the current key value (if any) replaced by ***."""
+        key = self._key()
+        text = str(text)
+        return text.replace(key, "***") if key else text
+
+    def reset_accounting(self) -> None:
+        with self._lock:
+            self.requests = 0  # logical requests (one per chat), whatever their outcome
+            self.failures = 0  # requests that returned None
+            self.retries = 0  # extra HTTP attempts after a retryable error
+            self.prompt_tokens = 0
+            self.completion_tokens = 0
+            self.failure_reasons: Counter[str] = Counter()
+            self.recent_errors: deque[str] = deque(maxlen=20)  # scrubbed messages, newest last
+
+    def accounting(self) -> dict[str, float]:
+        with self._lock:
+            cost = (self.prompt_tokens * self.price_per_1k_prompt
+                    + self.completion_tokens * self.price_per_1k_completion) / 1000.0
+            return {"requests": self.requests, "failures": self.failures, "retries": self.retries,
+                    "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                    "cost_usd": cost}
+
+    # -- one request ---------------------------------------------------------------------------
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, MAX_RETRY_AFTER_S)
+        return self.backoff_s * (2 ** attempt) * random.uniform(0.5, 1.5)
+
+    @staticmethod
+    def _retry_after(resp: httpx.Response) -> float | None:
+        value = resp.headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                return None
+            seconds = when.timestamp() - time.time()
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+
+    def _post_json(self, path: str, body: dict) -> dict:
+        """POST with retries; the parsed JSON object, or raise Failure."""
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        http = self._http()
+        last = Failure("no attempt")
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                with self._lock:
+                    self.retries += 1
+            if self._limiter is not None:
+                self._limiter.wait()
+            headers = {"Content-Type": "application/json"}
+            key = self._key()
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            retry_after = None
+            try:
+                resp = http.post(url, json=body, headers=headers)
+            except httpx.TimeoutException as e:
+                last = Failure("timeout", f"no answer within {self.timeout_s:g} s ({type(e).__name__})")
+            except httpx.TransportError as e:  # connection refused/reset, protocol errors
+                last = Failure("connection error", f"{type(e).__name__}: {self._scrub(e)}")
+            else:
+                if resp.status_code == 429 or resp.status_code >= 500:
+                    retry_after = self._retry_after(resp)
+                    last = Failure(f"http {resp.status_code}", self._scrub(resp.text[:200]))
+                elif resp.status_code >= 400:  # the request itself is wrong: retrying cannot help
+                    raise Failure(f"http {resp.status_code}", self._scrub(resp.text[:300]))
+                else:
+                    try:
+                        data = resp.json()
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        raise Failure("invalid json", f"status {resp.status_code}, body "
+                                                      f"{self._scrub(resp.text[:120])!r}") from None
+                    if not isinstance(data, dict):
+                        raise Failure("invalid json", f"expected an object, got {type(data).__name__}")
+                    return data
+            if attempt < self.max_retries:
+                time.sleep(self._delay(attempt, retry_after))
+        raise last
+
+    def call(self, path: str, body: dict, parse: Callable[[dict], Any]) -> Any:
+        """One logical request: ``parse(response)``, or None (failure counted and recorded).
+
+        ``parse`` raises (KeyError, IndexError, TypeError, ValueError) when the response lacks
+        the expected fields; that is a failure too, never a default value.
+        """
+        with self._lock:
+            self.requests += 1
+        try:
+            data = self._post_json(path, body)
+            usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+            with self._lock:  # billed even if the body turns out to be unusable
+                self.prompt_tokens += _int(usage.get("prompt_tokens"))
+                self.completion_tokens += _int(usage.get("completion_tokens"))
+            try:
+                return parse(data)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+                raise Failure("malformed response", f"{type(e).__name__}: {self._scrub(e)}") from None
+        except Failure as f:
+            with self._lock:
+                self.failures += 1
+                self.failure_reasons[f.reason] += 1
+                self.recent_errors.append(self._scrub(f))
+            log.debug("request to %s failed: %s", public_url(self.base_url), self._scrub(f))
+            return None
+
+    def map(self, path: str, bodies: Sequence[dict], parse: Callable[[dict], Any], desc: str | None = None,
+            what: str = "requests") -> list[Any]:
+        """``call`` for every body with at most ``max_concurrency`` in flight; results in input order.
+
+        Logs one warning with counts when any request of this batch failed.
+        """
+        if not bodies:
+            return []
+        before_fail = self.failures
+        before = Counter(self.failure_reasons)
+        out: list[Any] = [None] * len(bodies)
+        bar = None
+        if desc is not None:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(bodies), desc=desc, unit="req")
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(bodies))) as pool:
+            futures = {pool.submit(self.call, path, b, parse): i for i, b in enumerate(bodies)}
+            for fut in as_completed(futures):
+                out[futures[fut]] = fut.result()
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        failed = self.failures - before_fail
+        if failed:
+            reasons = self.failure_reasons - before
+            log.warning("%d of %d %s to %s failed after up to %d retries (%s); they are returned as None. "
+                        "Last error: %s", failed, len(bodies), what, public_url(self.base_url), self.max_retries,
+                        ", ".join(f"{r}: {n}" for r, n in reasons.most_common()),
+                        self.recent_errors[-1] if self.recent_errors else "?")
+        return out
+
+
+def plain(obj: Any) -> Any:
+    """A config value (possibly an OmegaConf node) as plain JSON-able dicts and lists."""
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def _int(x: Any) -> int:
+    return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else 0
+
+
+def _message_text(data: dict) -> str:
+    content = data["choices"][0]["message"]["content"]
+    if not isinstance(content, str):
+        raise TypeError(f"choices[0].message.content is {type(content).__name__}, not text")
+    return content
+
+
+def _top_logprobs(data: dict) -> list[dict]:
+    logprobs = data["choices"][0].get("logprobs")
+    if not isinstance(logprobs, dict) or not logprobs.get("content"):
+        raise ValueError("the response has no choices[0].logprobs.content (does the server support "
+                         "logprobs/top_logprobs for chat completions?)")
+    top = logprobs["content"][0]["top_logprobs"]
+    if not isinstance(top, list):
+        raise TypeError("choices[0].logprobs.content[0].top_logprobs is not a list")
+    return top
+
+
+def option_logprobs(top: list[dict], options: Sequence[str]) -> list[float | None]:
+    """For each option, the log-prob of the best-ranked top-logprob token equal to it once stripped.
+
+    None when the server's top list does not contain the option -- its probability is then below
+    the list's cut-off, which is not the same as zero and is not made up here.
+    """
+    out: list[float | None] = []
+    for option in options:
+        best = None
+        for entry in top:
+            if str(entry["token"]).strip() == option.strip():
+                lp = float(entry["logprob"])
+                if math.isfinite(lp) and (best is None or lp > best):
+                    best = lp
+        out.append(best)
+    return out
+
+
+class APIBackend:
+    """Judge backend over an OpenAI-compatible server: next-token log-probs and generation."""
+
+    def __init__(self, model: str, base_url: str, api_key_env: str | None = "OPENAI_API_KEY",
+                 max_concurrency: int = 4, timeout_s: float = 60, max_retries: int = 4, backoff_s: float = 1.0,
+                 top_logprobs: int = 20, price_per_1k_prompt: float = 0.0, price_per_1k_completion: float = 0.0,
+                 requests_per_minute: float | None = None, extra_body: dict | None = None):
+        if not model:
+            raise ValueError("APIBackend needs a model id (the server's name for the model)")
+        if not 1 <= int(top_logprobs) <= 20:
+            raise ValueError(f"top_logprobs must be in [1, 20] (the OpenAI limit), got {top_logprobs}")
+        self.model_name = str(model)
+        self.top_logprobs = int(top_logprobs)
+        self.extra_body = plain(extra_body or {})
+        self.client = ChatClient(base_url, api_key_env, max_concurrency, timeout_s, max_retries, backoff_s,
+                                 price_per_1k_prompt, price_per_1k_completion, requests_per_minute)
+
+    def __repr__(self) -> str:
+        return (f"APIBackend(model={self.model_name!r}, base_url={public_url(self.client.base_url)!r}, "
+                f"api_key_env={self.client.api_key_env!r})")
+
+    @property
+    def name(self) -> str:
+        return self.model_name
+
+    @property
+    def identity(self) -> str:
+        return f"api:{public_url(self.client.base_url)}:{self.model_name}"
+
+    def _body(self, chat: list[dict], **params) -> dict:
+        return {"model": self.model_name, "messages": list(chat), **params, **self.extra_body}
+
+    def next_token_logprobs(self, chats: list[list[dict]], options: list[str],
+                            assistant_prefix: str = "") -> list[list[float | None]]:
+        """log p(option | chat) for each option, from the server's top log-probs of the first token.
+
+        An entry is None when the request failed or the option is not among the top
+        ``top_logprobs`` tokens the server returned.
+        """
+        if assistant_prefix:
+            raise BackendUnsupported(
+                "APIBackend cannot continue a partial assistant turn (assistant_prefix): chat-completion "
+                "APIs have no portable prefill; use a local model (judge.model) for this judge")
+        bodies = [self._body(c, max_tokens=1, temperature=0, logprobs=True, top_logprobs=self.top_logprobs)
+                  for c in chats]
+        res = self.client.map("chat/completions", bodies, _top_logprobs, what="log-prob requests")
+        return [[None] * len(options) if top is None else option_logprobs(top, options) for top in res]
+
+    def generate(self, chats: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
+                 seed: int = 0) -> list[str | None]:
+        """The assistant's reply to each chat (stripped); None where the request failed."""
+        bodies = [self._body(c, max_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed))
+                  for c in chats]
+        res = self.client.map("chat/completions", bodies, _message_text, what="generation requests")
+        return [None if t is None else t.strip() for t in res]
+
+    def sequence_logprobs(self, chats: list[list[dict]], continuations: list[str],
+                          desc: str | None = None) -> list[tuple[float, int]]:
+        raise BackendUnsupported(
+            "APIBackend cannot score a given continuation (teacher forcing): chat-completion APIs only "
+            "return log-probs of tokens they sample. The contrastive judge needs a local model: set "
+            "judge.model to a local folder, hub id or embedded name and remove judge.api")
+
+    def accounting(self) -> dict[str, float]:
+        return self.client.accounting()
+
+    def close(self) -> None:
+        self.client.close()
