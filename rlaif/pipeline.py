@@ -181,10 +181,16 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
         r.tracker.table("generate/samples", ["prompt", "response", "judge_score", "gold"], rows)
     if cfg.diagnostics.enabled:
         with r.timed("diagnostics"):
-            diag = compute_diagnostics(train_prompts, candidates, judgments, verdicts, g if gold is not None else None,
-                                       judge_identity, policy.identity)
-            if int(cfg.diagnostics.probe_items) > 0 and pairs:
-                diag.update(run_probes(judge, train_prompts, pairs, int(cfg.diagnostics.probe_items)))
+            def _diagnose():
+                d = compute_diagnostics(train_prompts, candidates, judgments, verdicts, g or None, judge_identity,
+                                        policy.identity)
+                if int(cfg.diagnostics.probe_items) > 0 and pairs:  # probes call the judge: cached with the rest
+                    d.update(run_probes(judge, train_prompts, pairs, int(cfg.diagnostics.probe_items)))
+                return {"diagnostics": [d]}
+            diag_inputs = {**judge_inputs, "policy": policy.identity, "gold": stable_hash(sorted([list(k), v] for k, v in g.items())),
+                           "pairs": stable_hash([p.to_dict() for p in pairs]),
+                           "probe_items": int(cfg.diagnostics.probe_items)}
+            diag = r.records_stage("diagnostics", diag_inputs, _diagnose, {"diagnostics": dict})["diagnostics"][0]
             write_json(out / "diagnostics.json", diag)
             metrics.update(diag)
             if cfg.diagnostics.plot:

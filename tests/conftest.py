@@ -86,3 +86,25 @@ def compose_config(overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose("config", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def sharp_model(tiny_model, tmp_path_factory) -> str:
+    """The tiny model with its weight matrices scaled up 10x, saved as another local folder.
+
+    At its initial scale the random model barely attends to context, so a judge's output would
+    hardly depend on the instruction or on the order of the responses; scaled, it clearly does,
+    and checks against hand computations fail when a judge reads the wrong positions or texts.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with torch.no_grad():
+        for w in model.parameters():
+            if w.dim() > 1:
+                w.mul_(10.0)
+    out = tmp_path_factory.mktemp("sharp-llama")
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
+    return str(out)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import compose_config
 from llama_server import MODEL_ID, llama_server  # noqa: F401
+
 from rlaif.pipeline import run
 
 pytestmark = pytest.mark.integration

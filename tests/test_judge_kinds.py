@@ -52,23 +52,6 @@ def pool() -> ModelPool:
 
 
 @pytest.fixture(scope="module")
-def sharp_model(tiny_model, tmp_path_factory) -> str:
-    """The tiny model with weight matrices scaled up so that its outputs depend on the input
-    (see tests/test_judges.py): hand computations can then catch a judge reading the wrong text."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    with torch.no_grad():
-        for w in model.parameters():
-            if w.dim() > 1:
-                w.mul_(SCALE)
-    out = tmp_path_factory.mktemp("sharp-llama-kinds")
-    model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def reference(sharp_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -15,8 +15,6 @@ from rlaif.judges import ContrastiveJudge, PairwiseJudge, VaderJudge
 from rlaif.models import ModelPool
 from rlaif.types import Candidate, Prompt
 
-SCALE = 10.0
-
 
 @pytest.fixture(scope="module")
 def criterion() -> Criterion:
@@ -26,27 +24,6 @@ def criterion() -> Criterion:
 @pytest.fixture(scope="module")
 def pool() -> ModelPool:
     return ModelPool()
-
-
-@pytest.fixture(scope="module")
-def sharp_model(tiny_model, tmp_path_factory) -> str:
-    """The tiny model with its weight matrices scaled up, saved as another local folder.
-
-    At its initial scale the random model barely attends to context, so the judges' outputs would
-    hardly depend on the instruction or on the order of the responses; scaled, they clearly do, and
-    comparisons against hand computations can fail when the judge reads the wrong positions or texts.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    with torch.no_grad():
-        for w in model.parameters():
-            if w.dim() > 1:
-                w.mul_(SCALE)
-    out = tmp_path_factory.mktemp("sharp-llama")
-    model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
-    return str(out)
 
 
 @pytest.fixture(scope="module")

