@@ -261,3 +261,22 @@ def test_pairwise_answer_tokens_must_be_single_tokens(tiny_model, pool, criterio
 def test_pairwise_requires_its_wording(tiny_model, pool):
     with pytest.raises(ValueError, match="criteria.pairwise.question"):
         PairwiseJudge(Criterion("bare", "no wording"), pool, model=tiny_model)
+
+
+def test_pointwise_scores_are_memoised_and_order_preserving():
+    class CountingVader(VaderJudge):
+        calls: list[int] = []
+
+        def score(self, prompts, responses):
+            self.calls.append(len(responses))
+            return super().score(prompts, responses)
+
+    judge = CountingVader()
+    texts = ["I loved it, wonderful!", "Dreadful and boring.", "I loved it, wonderful!", "It was fine."]
+    first = judge.scores([PROMPTS[0]] * 4, texts)
+    assert judge.calls == [3]  # the repeated text is scored once
+    assert first == judge.score([PROMPTS[0]] * 4, texts)
+    again = judge.scores([PROMPTS[0], PROMPTS[1]], ["Dreadful and boring.", "Dreadful and boring."])
+    assert judge.calls[1:] == [4, 1]  # the direct score() call above, then only the unseen (prompt, text)
+    assert again[0] == first[1]
+    assert judge.prefer([PROMPTS[0]], [texts[0]], [texts[1]]) == [1.0]

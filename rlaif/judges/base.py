@@ -14,6 +14,7 @@ Pointwise kinds implement ``score``; comparative kinds implement ``compare`` and
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 
@@ -29,9 +30,30 @@ class Judge:
     kind: str = "base"
     pointwise: bool = True
 
+    # Pointwise scores are memoised per (chat, response): probes and evaluation re-score the same
+    # texts, and a judge's weights never change during a run. Bounded so long runs stay small.
+    MEMO_LIMIT = 100_000
+
     def __init__(self, criterion: Criterion, name: str | None = None):
         self.criterion = criterion
         self._name = name
+        self._memo: dict[tuple[str, str], float | None] = {}
+
+    def scores(self, prompts: list[Prompt], responses: list[str]) -> list[float | None]:
+        """``score`` with memoisation; only unseen (prompt, response) pairs reach the model."""
+        memo = getattr(self, "_memo", None)
+        if memo is None:  # a subclass that skipped Judge.__init__
+            return self.score(prompts, responses)
+        keys = [(json.dumps(p.messages, sort_keys=True), r) for p, r in zip(prompts, responses, strict=True)]
+        known = {k: memo[k] for k in keys if k in memo}
+        todo = list(dict.fromkeys(k for k in keys if k not in known))
+        if todo:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            known.update(zip(todo, self.score([prompts[first[k]] for k in todo], [k[1] for k in todo]), strict=True))
+            if len(memo) + len(todo) > self.MEMO_LIMIT:
+                memo.clear()
+            memo.update({k: known[k] for k in todo})
+        return [known[k] for k in keys]
 
     @property
     def name(self) -> str:
@@ -54,7 +76,7 @@ class Judge:
     # -- shared uses --------------------------------------------------------------------------
     def rank(self, prompts: list[Prompt], candidates: list[Candidate]) -> tuple[list[Judgment], list[PairwiseVerdict]]:
         by_id = {p.id: p for p in prompts}
-        scores = self.score([by_id[c.prompt_id] for c in candidates], [c.text for c in candidates])
+        scores = self.scores([by_id[c.prompt_id] for c in candidates], [c.text for c in candidates])
         judgments = [
             Judgment(c.prompt_id, c.index, s if _finite(s) else None, self.name, self.criterion.name,
                      {} if _finite(s) else {"invalid": f"score was {s!r}"})
@@ -64,7 +86,7 @@ class Judge:
 
     def prefer(self, prompts: list[Prompt], a: list[str], b: list[str]) -> list[float | None]:
         if self.pointwise:
-            sa, sb = self.score(prompts, a), self.score(prompts, b)
+            sa, sb = self.scores(prompts, a), self.scores(prompts, b)
             return [None if not (_finite(x) and _finite(y)) else (1.0 if x > y else 0.0 if x < y else 0.5)
                     for x, y in zip(sa, sb, strict=True)]
         out = []
