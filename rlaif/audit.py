@@ -98,8 +98,11 @@ def _judge_config(cfg: DictConfig, name: str) -> DictConfig:
     options = group_options("judge")
     if name not in options:
         raise ConfigError(f"audit.judges: unknown judge '{name}'. Valid choices: {', '.join(options)}")
+    fresh = OmegaConf.load(conf_dir() / "judge" / f"{name}.yaml")
+    if fresh.get("_target_") == cfg.judge.get("_target_") and fresh.get("kind") == cfg.judge.get("kind"):
+        return cfg.judge  # the composed `judge` group, with its command-line overrides (e.g. judge.api=...)
     merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    merged.judge = OmegaConf.load(conf_dir() / "judge" / f"{name}.yaml")
+    merged.judge = fresh
     return merged.judge
 
 

@@ -27,6 +27,7 @@ from rlaif.diagnostics import (
     compute_diagnostics,
     diagnostics_plot,
     injection_probe,
+    inter_judge_agreement,
     swap_probe,
     verbosity_probe,
 )
@@ -184,6 +185,10 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
             def _diagnose():
                 d = compute_diagnostics(train_prompts, candidates, judgments, verdicts, g or None, judge_identity,
                                         policy.identity)
+                members = getattr(judge, "last_member_prefs", None) or {}
+                if len(members) >= 2:  # a panel just ranked the candidates: how far do its members agree?
+                    ija = inter_judge_agreement(members)
+                    d.update({f"judge/panel_{k}": v for k, v in ija.items() if k in ("mean_agreement", "mean_cohen_kappa")})
                 if int(cfg.diagnostics.probe_items) > 0 and pairs:  # probes call the judge: cached with the rest
                     d.update(run_probes(judge, train_prompts, pairs, int(cfg.diagnostics.probe_items)))
                 return {"diagnostics": [d]}
@@ -192,6 +197,11 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
                            "probe_items": int(cfg.diagnostics.probe_items)}
             diag = r.records_stage("diagnostics", diag_inputs, _diagnose, {"diagnostics": dict})["diagnostics"][0]
             write_json(out / "diagnostics.json", diag)
+            r.tracker.table("judge/diagnostics_table", ["metric", "value"], [[k, v] for k, v in sorted(diag.items())])
+            if verdicts:
+                r.tracker.table("judge/verdicts", ["prompt_id", "a", "b", "p_a_first", "p_a_second"],
+                                [[v.prompt_id, v.a, v.b, v.p_a_first, v.p_a_second]
+                                 for v in verdicts[: int(cfg.evaluation.table_rows)]])
             metrics.update(diag)
             if cfg.diagnostics.plot:
                 png = diagnostics_plot(candidates, judgments, verdicts, out / "diagnostics.png",

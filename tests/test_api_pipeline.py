@@ -39,3 +39,23 @@ def test_pipeline_with_api_pairwise_judge_keeps_key_out_of_outputs(tiny_override
     assert leaked == []
     resolved = (out / "resolved_config.yaml").read_text()
     assert "RLAIF_TEST_API_KEY" in resolved  # the variable's name is kept, its value is not
+
+
+def test_audit_with_api_judge_keeps_key_out_of_files(tmp_path, monkeypatch, llama_server):  # noqa: F811
+    from test_audit import compose_audit
+
+    from rlaif.audit import run_audit
+
+    monkeypatch.setenv("RLAIF_TEST_API_KEY", SECRET)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Continue this movie review: The film", "chosen": "is a joy.",
+                                 "rejected": "is a bore.", "criterion": "positive_sentiment"}) + "\n")
+    api = f'{{base_url: "{llama_server}", api_key_env: RLAIF_TEST_API_KEY, max_concurrency: 1}}'
+    # the composed judge group (with its overrides) serves the audit entry of the same kind
+    cfg = compose_audit([f"audit.data.path={pairs}", "audit.judges=[pairwise]", "audit.probe_items=1",
+                         "judge=pairwise", f"judge.api={api}", f"judge.model={MODEL_ID}"])
+    report = run_audit(cfg, tmp_path / "audit")
+    m = report["judges"]["pairwise"]["all"]
+    assert m["invalid"] == 0 and "same_slot_rate" in m
+    leaked = [p for p in (tmp_path / "audit").rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaked == []

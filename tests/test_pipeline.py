@@ -116,7 +116,9 @@ def test_diagnostics_written_and_logged(first_run):
     assert 0.0 <= diag["judge/probe_verbosity_padded_win_rate"] <= 1.0
     assert 0.0 <= diag["judge/probe_injection_this_flip_rate"] <= 1.0
     assert (out / "diagnostics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert wandb_inspect(out)["summary"]["judge/diagnostics"]["_type"] == "image-file"
+    logged = wandb_inspect(out)["summary"]
+    assert logged["judge/diagnostics"]["_type"] == "image-file"
+    assert logged["judge/diagnostics_table"]["nrows"] == len(diag)
 
 
 def test_sweep_runs_one_job_per_value(tiny_overrides, tmp_path):
@@ -153,3 +155,15 @@ def test_gate_stops_run_before_training(tiny_overrides, tmp_path):
     assert (tmp_path / "gated" / "gate_failed.json").exists()
     assert (tmp_path / "gated" / "judgments.jsonl").exists()
     assert not (tmp_path / "gated" / "policy").exists()  # never trained
+
+
+def test_panel_run_reports_member_agreement(tiny_overrides, tmp_path):
+    members = "[{_target_: rlaif.judges.VaderJudge}, {_target_: rlaif.judges.LengthJudge}]"
+    cfg = compose_config(tiny_overrides + ["judge=panel", f"judge.members={members}", "tracker=none",
+                                           "diagnostics.probe_items=0"])
+    summary = run(cfg, output_dir=tmp_path / "panel")
+    diag = json.loads((tmp_path / "panel" / "diagnostics.json").read_text())
+    assert 0.0 <= diag["judge/panel_mean_agreement"] <= 1.0
+    assert summary["judge/panel_mean_agreement"] == diag["judge/panel_mean_agreement"]
+    verdicts = [json.loads(x) for x in (tmp_path / "panel" / "verdicts.jsonl").read_text().splitlines()]
+    assert len(verdicts) == 6 * 3  # every pair of 3 candidates for 6 prompts
