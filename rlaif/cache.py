@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 # Bump a stage's version when its code changes what it produces for the same inputs.
-STAGE_VERSIONS = {"generate": 1, "judge": 1, "preferences": 1, "train": 1, "evaluate": 2, "diagnostics": 1}
+STAGE_VERSIONS = {"generate": 1, "judge": 2, "preferences": 1, "train": 1, "evaluate": 2, "diagnostics": 1}
 
 
 def stable_hash(obj: Any) -> str:

@@ -183,7 +183,8 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
     if cfg.diagnostics.enabled:
         with r.timed("diagnostics"):
             def _diagnose():
-                d = compute_diagnostics(train_prompts, candidates, judgments, verdicts, g or None, judge_identity,
+                swapped = [v for v in verdicts if v.swapped]  # only pairs judged in both orders show position bias
+                d = compute_diagnostics(train_prompts, candidates, judgments, swapped, g or None, judge_identity,
                                         policy.identity)
                 members = getattr(judge, "last_member_prefs", None) or {}
                 if len(members) >= 2:  # a panel just ranked the candidates: how far do its members agree?

@@ -82,6 +82,10 @@ class PairwiseVerdict(Record):
     ``p_a_first``: P(a is better) with a shown in the first slot.
     ``p_a_second``: P(a is better) with a shown in the second slot (texts really swapped).
     ``p_a``: their mean, the order-debiased preference for a.
+    ``swapped``: False when the judge was configured to judge only a fraction of pairs in both
+    orders (``swap_fraction``) and this pair was judged in the first order only; then ``p_a`` is
+    ``p_a_first`` and the pair does not count in position diagnostics.
+    ``details``: what the judge recorded (raw verdict texts, the principle used, fallbacks).
     """
 
     prompt_id: str
@@ -91,9 +95,13 @@ class PairwiseVerdict(Record):
     p_a_second: float | None
     judge: str
     criterion: str
+    swapped: bool = True
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def p_a(self) -> float | None:
+        if not self.swapped:
+            return self.p_a_first
         if self.p_a_first is None or self.p_a_second is None:
             return None
         return 0.5 * (self.p_a_first + self.p_a_second)

@@ -89,9 +89,14 @@ class Judge:
             sa, sb = self.scores(prompts, a), self.scores(prompts, b)
             return [None if not (_finite(x) and _finite(y)) else (1.0 if x > y else 0.0 if x < y else 0.5)
                     for x, y in zip(sa, sb, strict=True)]
+        results = self.compare(prompts, a, b)
+        swapped = getattr(self, "last_swapped", None) or [True] * len(results)
         out = []
-        for first, second in self.compare(prompts, a, b):
-            out.append(None if not (_finite(first) and _finite(second)) else 0.5 * (first + second))
+        for (first, second), both in zip(results, swapped, strict=True):
+            if not both:  # judged in one order only (swap_fraction < 1)
+                out.append(first if _finite(first) else None)
+            else:
+                out.append(None if not (_finite(first) and _finite(second)) else 0.5 * (first + second))
         return out
 
     def best_of(self, prompts: list[Prompt], candidates: list[Candidate]) -> dict[str, int]:
@@ -155,11 +160,13 @@ def rank_by_pairs(judge: Judge, prompts: list[Prompt], candidates: list[Candidat
             for j in range(i + 1, len(cs)):
                 jobs.append((pid, cs[i], cs[j]))
     results = judge.compare([by_id[p] for p, _, _ in jobs], [a.text for _, a, _ in jobs], [b.text for _, _, b in jobs])
+    swapped = getattr(judge, "last_swapped", None) or [True] * len(jobs)
+    details = getattr(judge, "last_details", None) or [{} for _ in jobs]
     verdicts = []
     wins: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for (pid, a, b), (first, second) in zip(jobs, results, strict=True):
+    for (pid, a, b), (first, second), both, det in zip(jobs, results, swapped, details, strict=True):
         v = PairwiseVerdict(pid, a.index, b.index, first if _finite(first) else None,
-                            second if _finite(second) else None, judge.name, judge.criterion.name)
+                            second if _finite(second) else None, judge.name, judge.criterion.name, both, det)
         verdicts.append(v)
         if v.p_a is not None:
             wins[(pid, a.index)].append(v.p_a)

@@ -155,6 +155,8 @@ class GenerativeJudge(Judge):
         judgments, verdicts = rank_by_pairs(self, prompts, candidates)
         self.verdict_details = [{"prompt_id": v.prompt_id, "a": v.a, "b": v.b, **r}
                                 for v, r in zip(verdicts, self.last_raw, strict=True)]
+        for v, r in zip(verdicts, self.last_raw, strict=True):
+            v.details = dict(r)  # raw verdict texts (kept for invalid ones too) go to verdicts.jsonl
         invalid: dict[tuple[str, int], int] = {}
         for v, r in zip(verdicts, self.last_raw, strict=True):
             if r["verdict_first"] is None or r["verdict_second"] is None:

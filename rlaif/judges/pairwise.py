@@ -8,6 +8,8 @@ than a response: the both-order probabilities are kept so diagnostics can show i
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 from rlaif.backends import make_backend
@@ -30,12 +32,18 @@ class PairwiseJudge(Judge):
 
     def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "bfloat16",
                  batch_size: int = 8, answer_tokens: tuple[str, str] = ("1", "2"), name: str | None = None,
-                 backend=None, api: dict | None = None, **_unused):
+                 backend=None, api: dict | None = None, swap_fraction: float = 1.0, parse_fallback: bool = True,
+                 seed: int = 0, **_unused):
         criterion.require(self.kind)
         super().__init__(criterion, name)
         self.backend = make_backend(pool, model, dtype, batch_size, api, backend)
         self.question = criterion.get("pairwise.question")
         self.answer_tokens = tuple(answer_tokens)
+        if not 0.0 <= swap_fraction <= 1.0:
+            raise ValueError(f"judge.swap_fraction must be in [0, 1], got {swap_fraction}")
+        self.swap_fraction, self.parse_fallback, self.seed = swap_fraction, parse_fallback, seed
+        self.last_swapped: list[bool] = []
+        self.last_details: list[dict] = []
 
     @property
     def name(self) -> str:
@@ -47,21 +55,58 @@ class PairwiseJudge(Judge):
         content = TEMPLATE.format(question=self.question, prompt=task, first=first, second=second)
         return [{"role": "user", "content": content}]
 
+    def _judge_swapped(self, prompt: Prompt, x: str, y: str) -> bool:
+        """Whether this pair is judged in both orders: all pairs, or a seeded, stable fraction."""
+        if self.swap_fraction >= 1.0:
+            return True
+        key = json.dumps([self.seed, prompt.messages, sorted([x, y])], sort_keys=True).encode()
+        return int(hashlib.sha256(key).hexdigest()[:8], 16) / 0xFFFFFFFF < self.swap_fraction
+
     def compare(self, prompts: list[Prompt], a: list[str], b: list[str]):
-        chats = []
-        for p, x, y in zip(prompts, a, b, strict=True):
+        chats, where = [], []  # where[k] = (index of the a-first chat, index of the a-second chat or None)
+        self.last_swapped = [self._judge_swapped(p, x, y) for p, x, y in zip(prompts, a, b, strict=True)]
+        for p, x, y, both in zip(prompts, a, b, self.last_swapped, strict=True):
             chats.append(self.render(p, x, y))  # a in slot 1
-            chats.append(self.render(p, y, x))  # a in slot 2 (texts swapped)
+            i = len(chats) - 1
+            if both:
+                chats.append(self.render(p, y, x))  # a in slot 2 (texts swapped)
+            where.append((i, len(chats) - 1 if both else None))
         logps = self.backend.next_token_logprobs(chats, list(self.answer_tokens))
-        out = []
-        for k in range(len(a)):
-            first = _softmax_first(logps[2 * k])
-            second = _softmax_first(logps[2 * k + 1])
+        raw: dict[int, str | None] = {}
+        missing = [i for i, lp in enumerate(logps) if all(x is None for x in lp)]
+        if missing and self.parse_fallback:
+            # The server gave no log-probs for the answer tokens: ask for the answer as text instead.
+            texts = self.backend.generate([chats[i] for i in missing], max_new_tokens=8, temperature=0.0)
+            for i, text in zip(missing, texts, strict=True):
+                raw[i] = text
+                choice = _parse_choice(text, self.answer_tokens)
+                if choice is not None:
+                    logps[i] = [0.0, -1e9] if choice == 0 else [-1e9, 0.0]
+        out, self.last_details = [], []
+        for i, j in where:
+            first = _softmax_first(logps[i])
+            second = _softmax_first(logps[j]) if j is not None else None
             out.append((first, None if second is None else 1.0 - second))
+            det = {f"raw_{n}": raw[k] for n, k in (("first", i), ("second", j)) if k is not None and k in raw}
+            self.last_details.append(det)
         return out
 
     def rank(self, prompts, candidates):
         return rank_by_pairs(self, prompts, candidates)
+
+
+def _parse_choice(text: str | None, options: tuple[str, str]) -> int | None:
+    """Index of the answer option a generated reply starts with (after spaces and a few symbols);
+    None when it names neither or both -- never a default."""
+    if not text:
+        return None
+    head = text.strip().lstrip("*([\"' ").lower()
+    for prefix in ("response ", "answer: ", "answer ", "slot "):
+        if head.startswith(prefix):
+            head = head[len(prefix):]
+    hits = [k for k, o in enumerate(options)
+            if head.startswith(o.lower()) and (len(head) == len(o) or not head[len(o)].isalnum())]
+    return hits[0] if len(hits) == 1 else None
 
 
 def _softmax_first(logps: list[float | None]) -> float | None:
