@@ -73,3 +73,18 @@ def test_parse_fallback_when_server_gives_no_logprobs():
                               parse_fallback=False)
         assert judge.compare(PROMPTS[:1], A[:1], B[:1]) == [(None, None)]
         assert all(r.get("max_tokens") == 1 for r in s.requests)
+
+
+def test_constitution_principle_is_sampled_per_pair_shared_by_both_orders_and_recorded(tiny_model):
+    crit = Criterion.from_config(OmegaConf.load(conf_dir() / "criteria" / "constitution.yaml"))
+    judge = PairwiseJudge(crit, ModelPool(), model=tiny_model, dtype="float32", seed=1)
+    p = PROMPTS[0]
+    ab, ba = judge.render(p, A[0], B[0])[0]["content"], judge.render(p, B[0], A[0])[0]["content"]
+    used = [pr for pr in crit.principles if pr in ab]
+    assert len(used) == 1 and used[0] in ba  # the same principle in both orders
+    seen = {judge.principle(q, x, y) for q, x, y in zip(PROMPTS, A, B, strict=True)}
+    assert len(seen) > 1  # different comparisons get different principles
+    judge.compare(PROMPTS[:3], A[:3], B[:3])
+    assert [d["principle"] for d in judge.last_details] == [judge.principle(q, x, y)
+                                                            for q, x, y in zip(PROMPTS[:3], A[:3], B[:3], strict=True)]
+    assert PairwiseJudge(crit, ModelPool(), model=tiny_model, seed=2).principle(p, A[0], B[0]) in crit.principles

@@ -18,7 +18,7 @@ from rlaif.judges.base import Judge, rank_by_pairs
 from rlaif.types import Prompt
 
 TEMPLATE = (
-    "{question}\n\n"
+    "{few_shot}{question}\n\n"
     "Task given to both assistants:\n{prompt}\n\n"
     "Response 1:\n{first}\n\n"
     "Response 2:\n{second}\n\n"
@@ -49,10 +49,18 @@ class PairwiseJudge(Judge):
     def name(self) -> str:
         return self._name or f"pairwise:{self.backend.name}"
 
+    def principle(self, prompt: Prompt, x: str, y: str) -> str | None:
+        """A constitution's principle for this comparison: seeded, and the same in both orders."""
+        lo, hi = sorted((x, y))
+        task = prompt.messages[-1]["content"] if prompt.messages else prompt.text
+        return self.criterion.principle_for(self.seed, task, lo, hi)
+
     def render(self, prompt: Prompt, first: str, second: str) -> list[dict[str, str]]:
         """The judge's chat for one ordering (exposed so tests can check the swap)."""
         task = prompt.messages[-1]["content"] if prompt.messages else prompt.text
-        content = TEMPLATE.format(question=self.question, prompt=task, first=first, second=second)
+        question = self.principle(prompt, first, second) or self.question
+        content = TEMPLATE.format(few_shot=self.criterion.few_shot_text(), question=question, prompt=task,
+                                  first=first, second=second)
         return [{"role": "user", "content": content}]
 
     def _judge_swapped(self, prompt: Prompt, x: str, y: str) -> bool:
@@ -89,6 +97,10 @@ class PairwiseJudge(Judge):
             out.append((first, None if second is None else 1.0 - second))
             det = {f"raw_{n}": raw[k] for n, k in (("first", i), ("second", j)) if k is not None and k in raw}
             self.last_details.append(det)
+        for det, p, x, y in zip(self.last_details, prompts, a, b, strict=True):
+            principle = self.principle(p, x, y)
+            if principle:
+                det["principle"] = principle
         return out
 
     def rank(self, prompts, candidates):
