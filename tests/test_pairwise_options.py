@@ -88,3 +88,18 @@ def test_constitution_principle_is_sampled_per_pair_shared_by_both_orders_and_re
     assert [d["principle"] for d in judge.last_details] == [judge.principle(q, x, y)
                                                             for q, x, y in zip(PROMPTS[:3], A[:3], B[:3], strict=True)]
     assert PairwiseJudge(crit, ModelPool(), model=tiny_model, seed=2).principle(p, A[0], B[0]) in crit.principles
+
+
+def test_contrastive_judge_uses_and_records_a_principle_per_prompt(tiny_model):
+    from rlaif.judges import ContrastiveJudge
+
+    crit = Criterion.from_config(OmegaConf.load(conf_dir() / "criteria" / "constitution.yaml"))
+    judge = ContrastiveJudge(crit, ModelPool(), model=tiny_model, dtype="float32", seed=1)
+    pos, neg = judge.instructions(PROMPTS[0])
+    principle = judge.principle(PROMPTS[0])
+    assert principle in crit.principles and principle in pos and principle in neg and pos != neg
+    cands = [Candidate(p.id, i, t, 3, True, "m") for p in PROMPTS[:3] for i, t in enumerate(["good", "bad"])]
+    judgments, _ = judge.rank(PROMPTS[:3], cands)
+    assert all(j.details["principle"] == judge.principle(PROMPTS[int(j.prompt_id)]) for j in judgments)
+    plain = ContrastiveJudge(CRIT, ModelPool(), model=tiny_model, dtype="float32")
+    assert plain.instructions(PROMPTS[0]) == (plain.positive, plain.negative)  # no principles: criterion wording

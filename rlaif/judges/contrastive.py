@@ -19,12 +19,27 @@ class ContrastiveJudge(Judge):
     pointwise = True
 
     def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "bfloat16",
-                 batch_size: int = 16, name: str | None = None, backend=None, api: dict | None = None, **_unused):
+                 batch_size: int = 16, name: str | None = None, backend=None, api: dict | None = None,
+                 seed: int = 0, **_unused):
         criterion.require(self.kind)
         super().__init__(criterion, name)
         self.backend = make_backend(pool, model, dtype, batch_size, api, backend)
         self.positive = criterion.get("contrastive.positive")
         self.negative = criterion.get("contrastive.negative")
+        self.seed = seed
+
+    def principle(self, prompt: Prompt) -> str | None:
+        """A constitution's principle for this prompt (seeded): all its candidates share it, so
+        their scores stay comparable."""
+        task = prompt.messages[-1]["content"] if prompt.messages else prompt.text
+        return self.criterion.principle_for(self.seed, task)
+
+    def instructions(self, prompt: Prompt) -> tuple[str, str]:
+        principle = self.principle(prompt)
+        if not principle:
+            return self.positive, self.negative
+        return (f"{self.positive} Above all, follow this principle: {principle}",
+                f"{self.negative} Above all, go against this principle: {principle}")
 
     @property
     def name(self) -> str:
@@ -36,8 +51,19 @@ class ContrastiveJudge(Judge):
 
     def score(self, prompts: list[Prompt], responses: list[str]) -> list[float | None]:
         means = {}
-        for label, instruction in (("pos", self.positive), ("neg", self.negative)):
-            res = self.backend.sequence_logprobs([self._messages(instruction, p) for p in prompts], list(responses),
+        pairs = [self.instructions(p) for p in prompts]
+        for k, label in enumerate(("pos", "neg")):
+            chats = [self._messages(ins[k], p) for ins, p in zip(pairs, prompts, strict=True)]
+            res = self.backend.sequence_logprobs(chats, list(responses),
                                                  desc=f"judge ({label})" if len(prompts) > 32 else None)
             means[label] = [s / n if n else None for s, n in res]
         return [None if p is None or n is None else p - n for p, n in zip(means["pos"], means["neg"], strict=True)]
+
+    def rank(self, prompts, candidates):
+        judgments, verdicts = super().rank(prompts, candidates)
+        by_id = {p.id: p for p in prompts}
+        for j in judgments:
+            principle = self.principle(by_id[j.prompt_id])
+            if principle:
+                j.details["principle"] = principle
+        return judgments, verdicts
