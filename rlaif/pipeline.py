@@ -35,6 +35,7 @@ from rlaif.diagnostics.gate import JudgeGateError, check_gate
 from rlaif.evaluation import evaluate
 from rlaif.generators import HFGenerator
 from rlaif.io import read_jsonl, read_records, write_json, write_records
+from rlaif.manifest import build_manifest
 from rlaif.models import ModelPool
 from rlaif.preferences import build_pairs
 from rlaif.tracking import redact
@@ -111,7 +112,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     judge_identity = judge.identity
     gold = instantiate(cfg.data.gold) if cfg.data.get("gold") else None
 
-    r.tracker.start(out, resolved, name)
+    manifest = build_manifest(resolved, {"policy": policy.identity, "judge": judge_identity},
+                              redact(OmegaConf.to_container(cfg.criteria, resolve=True)), seed)
+    write_json(out / "manifest.json", manifest)
+    r.tracker.start(out, {**resolved, "manifest": {k: v for k, v in manifest.items() if k != "config"}}, name)
     try:
         summary = _stages(r, cfg, seed, train_prompts, eval_prompts, policy, judge, judge_identity, criterion, gold)
     except BaseException:

@@ -71,6 +71,12 @@ def test_wandb_offline_run_holds_config_metrics_and_tables(first_run):
     assert s["eval/kl"] == pytest.approx(summary["eval/kl"])
     assert s["eval/samples"]["_type"] == "table-file" and s["generate/samples"]["nrows"] > 0
     assert info["config"]["policy"]["model"].endswith("tiny-llama0") or "tiny-llama" in json.dumps(info["config"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["packages"]["torch"] and manifest["packages"]["trl"]
+    assert manifest["models"]["policy"].startswith("local:") and manifest["models"]["judge"] == manifest["models"]["policy"]
+    assert manifest["criterion"]["contrastive"]["positive"]  # the judge's prompts
+    assert manifest["hardware"]["cpu_count"] >= 1 and isinstance(manifest["git"]["dirty"], (bool, type(None)))
+    assert info["config"]["manifest"]["packages"]["transformers"] == manifest["packages"]["transformers"]
 
 
 def test_second_run_reuses_every_stage(first_run, tmp_path):
