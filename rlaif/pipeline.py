@@ -145,10 +145,11 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
     if getattr(generator, "failures", 0):
         log.warning("generate: %d requests failed after retries; those candidates are missing", generator.failures)
     gen_acct = generator.accounting() if hasattr(generator, "accounting") else {}
-    r.tracker.log({**{f"generate/api_{k}": v for k, v in gen_acct.items()},
+    gen_metrics = {**{f"generate/api_{k}": v for k, v in gen_acct.items()},
                    "generate/candidates": len(candidates),
                    "generate/mean_tokens": sum(c.num_tokens for c in candidates) / max(len(candidates), 1),
-                   "generate/finished_rate": sum(c.finished for c in candidates) / max(len(candidates), 1)})
+                   "generate/finished_rate": sum(c.finished for c in candidates) / max(len(candidates), 1)}
+    r.tracker.log(gen_metrics)
 
     # 2. Judge them under the criterion (frozen judge; may share the policy's loaded weights).
     judge_inputs = {"judge": OmegaConf.to_container(cfg.judge, resolve=True), "judge_model": judge_identity,
@@ -277,7 +278,7 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
             for s in samples if s.source == "reference" and (s.prompt_id, s.index) in pol][: int(ev.table_rows)]
     r.tracker.table("eval/samples", ["prompt", "policy", "reference", "gold_policy", "gold_reference"], rows)
 
-    summary = {**metrics, **{f"train/{k.removeprefix('train/')}": v for k, v in train_metrics.items()},
+    summary = {**gen_metrics, **metrics, **{f"train/{k.removeprefix('train/')}": v for k, v in train_metrics.items()},
                **eval_metrics, **r.times}
     summary["cache/hits"] = sum(r.hits.values())
     return summary

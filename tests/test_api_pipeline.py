@@ -59,3 +59,17 @@ def test_audit_with_api_judge_keeps_key_out_of_files(tmp_path, monkeypatch, llam
     assert m["invalid"] == 0 and "same_slot_rate" in m
     leaked = [p for p in (tmp_path / "audit").rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert leaked == []
+
+
+def test_pipeline_with_api_generator(tiny_overrides, tmp_path, llama_server):  # noqa: F811
+    """Candidates sampled from the server; the local tiny policy is trained on them and evaluated."""
+    cfg = compose_config(tiny_overrides + ["generator=api", f"generator.base_url={llama_server}",
+                                           f"generator.model={MODEL_ID}", "generator.max_new_tokens=8",
+                                           "generator.num_candidates=2", "generator.max_concurrency=1",
+                                           "data.num_train=3", "tracker=none", "diagnostics.probe_items=0"])
+    summary = run(cfg, output_dir=tmp_path / "api-gen")
+    cands = [json.loads(x) for x in (tmp_path / "api-gen" / "candidates.jsonl").read_text().splitlines()]
+    assert len(cands) == 3 * 2
+    assert all(c["model"].startswith("api:") and c["num_tokens"] > 0 for c in cands)
+    assert summary["generate/api_requests"] == 6 and summary["generate/api_failures"] == 0
+    assert summary["eval/samples_per_policy"] == 3 * 2  # evaluation samples the local trained policy
