@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import build_tiny_model, compose_config
 from hydra.utils import instantiate
+from test_judges import PROMPTS, RESPONSES, _prompt  # noqa: E402,F401 - shared fixtures data
 
 from rlaif.config import conf_dir, group_options, validate
 from rlaif.criteria import REQUIRED_WORDING, WORDED_KINDS, Criterion, load_criterion, wording_problems
@@ -34,7 +35,7 @@ from rlaif.judges import (
 from rlaif.judges.generative import p_first_slot
 from rlaif.judges.pointwise import expected_rating
 from rlaif.models import ModelPool
-from rlaif.types import Candidate, Prompt
+from rlaif.types import Candidate
 
 SCALE = 10.0
 
@@ -79,18 +80,6 @@ def reward_model_dir(tmp_path_factory) -> str:
     return str(out)
 
 
-def _prompt(pid: str, text: str, system: str | None = None) -> Prompt:
-    msgs = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": f"Continue this movie review: {text}"}]
-    return Prompt(pid, text, msgs, "train")
-
-
-PROMPTS = [
-    _prompt("a", "The director"),
-    _prompt("b", "A dull, boring and terrible movie with awful pacing, and", system="policy system prompt"),
-    _prompt("c", "The cast and the score make this"),
-]
-RESPONSES = ["a great night at the cinema.", "weak writing", "wonderful, moving and beautifully acted, a film to see"]
 CANDIDATE_TEXTS = ["great", "boring and dull film", "a wonderful film to see"]
 
 
