@@ -7,6 +7,7 @@ trained policy -> evaluation, with every stage's records in the run folder and t
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -237,7 +238,7 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
                 shutil.rmtree(d / "model" / "trainer", ignore_errors=True)
                 write_json(d / "train_metrics.json", last)
             hit = r.cache.put("train", train_key, _train)
-        train_metrics = read_jsonl_dict(hit / "train_metrics.json")
+        train_metrics = _read_json(hit / "train_metrics.json")
     policy_dir = hit / "model"
     link = out / "policy"
     if link.is_symlink() or link.exists():
@@ -305,9 +306,7 @@ def run_probes(judge, prompts: list[Prompt], pairs: list[PreferencePair], items:
     return out
 
 
-def read_jsonl_dict(path: Path) -> dict:
-    import json
-
+def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 

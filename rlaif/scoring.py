@@ -24,7 +24,8 @@ def text_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _left_padded(seqs: list[list[int]], pad_id: int):
+def left_pad(seqs: list[list[int]], pad_id: int):
+    """Batch token lists right-aligned: (input_ids, attention_mask, position_ids)."""
     width = max(len(x) for x in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -68,7 +69,7 @@ def continuation_logprobs(
         if not idx:
             continue
         seqs = [list(prefixes[i]) + list(continuations[i]) for i in idx]
-        input_ids, attn, position_ids = _left_padded(seqs, pad_id)
+        input_ids, attn, position_ids = left_pad(seqs, pad_id)
         keep = max(len(continuations[i]) for i in idx) + 1
         logp = torch.log_softmax(_logits(model, input_ids, attn, position_ids, keep), dim=-1)
         for r, i in enumerate(idx):
@@ -87,7 +88,7 @@ def next_token_logprobs(model, pad_id: int, prefixes: Sequence[list[int]], token
     order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        input_ids, attn, position_ids = _left_padded([list(prefixes[i]) for i in idx], pad_id)
+        input_ids, attn, position_ids = left_pad([list(prefixes[i]) for i in idx], pad_id)
         logp = torch.log_softmax(_logits(model, input_ids, attn, position_ids, 1)[:, -1], dim=-1)
         for r, i in enumerate(idx):
             out[i] = [float(logp[r, t]) for t in token_ids]

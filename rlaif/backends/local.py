@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlaif.scoring import chat_prefix_ids, continuation_logprobs, next_token_logprobs, text_ids
+from rlaif.scoring import chat_prefix_ids, continuation_logprobs, left_pad, next_token_logprobs, text_ids
 
 
 class LocalBackend:
@@ -54,13 +54,9 @@ class LocalBackend:
         tok, model = self._lm()
         out: list[str | None] = []
         for s in range(0, len(chats), self.batch_size):
-            batch = [chat_prefix_ids(tok, c) for c in chats[s : s + self.batch_size]]
-            width = max(len(x) for x in batch)
-            input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
-            attn = torch.zeros_like(input_ids)
-            for r, seq in enumerate(batch):
-                input_ids[r, width - len(seq) :] = torch.tensor(seq)
-                attn[r, width - len(seq) :] = 1
+            input_ids, attn, _ = left_pad([chat_prefix_ids(tok, c) for c in chats[s : s + self.batch_size]],
+                                          tok.pad_token_id)
+            width = input_ids.shape[1]
             torch.manual_seed(seed + s)
             sample = temperature > 0
             gen = model.generate(input_ids=input_ids, attention_mask=attn, do_sample=sample,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from rlaif.scoring import chat_prefix_ids
+from rlaif.scoring import chat_prefix_ids, left_pad
 from rlaif.types import Candidate, Prompt
 
 
@@ -51,13 +51,9 @@ class HFGenerator:
         bar = tqdm(total=len(jobs), desc=desc, unit="sample")
         for b, s in enumerate(range(0, len(jobs), self.batch_size)):
             batch = jobs[s : s + self.batch_size]
-            seqs = [chat_prefix_ids(tokenizer, p.messages) for p, _ in batch]
-            width = max(len(x) for x in seqs)
-            input_ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
-            attn = torch.zeros_like(input_ids)
-            for r, seq in enumerate(seqs):  # left padding
-                input_ids[r, width - len(seq) :] = torch.tensor(seq)
-                attn[r, width - len(seq) :] = 1
+            input_ids, attn, _ = left_pad([chat_prefix_ids(tokenizer, p.messages) for p, _ in batch],
+                                          tokenizer.pad_token_id)
+            width = input_ids.shape[1]
             torch.manual_seed(seed * 1_000_003 + b)
             gen = model.generate(
                 input_ids=input_ids.to(device), attention_mask=attn.to(device), do_sample=True,
