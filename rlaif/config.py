@@ -142,6 +142,46 @@ class _Checker:
             self.errors.append(f"{key}: {v} must be <= {high}")
 
 
+OPTIMIZERS = ("dpo", "ppo", "grpo", "rloo", "online_dpo", "best_of_n", "self_rewarding", "cai_sft")
+REWARD_OPTIMIZERS = ("ppo", "grpo", "rloo", "online_dpo", "best_of_n")  # call the judge on their own samples
+
+
+def _check_dpo(c: _Checker, at: str, loss_types) -> None:
+    c.need(f"{at}.beta", "number", low=0, low_open=True)
+    c.need(f"{at}.loss_type", "str", choices=loss_types)
+    c.need(f"{at}.label_smoothing", "number", low=0, high=0.5)
+    c.need(f"{at}.learning_rate", "number", low=0, low_open=True)
+    c.need(f"{at}.epochs", "number", low=0, low_open=True)
+    c.need(f"{at}.batch_size", "int", low=1)
+    c.need(f"{at}.grad_accum", "int", low=1)
+    c.need(f"{at}.max_length", "int", low=8)
+    c.need(f"{at}.dtype", "str", choices=("float32", "bfloat16"))
+    c.need(f"{at}.mixed_precision", "str", choices=("no", "bf16"))
+    c.need(f"{at}.lora.enabled", "bool")
+    if c.get(f"{at}.label_smoothing") and c.get(f"{at}.loss_type") not in ("robust", "exo_pair", "sigmoid"):
+        c.errors.append(f"{at}.label_smoothing: only used by loss_type robust, exo_pair or sigmoid (cDPO)")
+
+
+def _judge_compares_pairs(judge_cfg) -> bool:
+    """Whether the configured judge only compares pairs (its class's ``pointwise`` is False).
+
+    Reads the class (imported, not instantiated); a panel or multi-criterion judge compares pairs
+    unless every member is pointwise.
+    """
+    from hydra.utils import get_class
+
+    d = OmegaConf.to_container(judge_cfg, resolve=False) if OmegaConf.is_config(judge_cfg) else dict(judge_cfg or {})
+    kind = d.get("kind")
+    if kind == "panel":
+        return True
+    if kind == "multi_criterion":
+        return _judge_compares_pairs(d.get("judge") or {})
+    try:
+        return not getattr(get_class(d["_target_"]), "pointwise", True)
+    except Exception:  # noqa: BLE001 - an unimportable judge is reported by the wording check
+        return False
+
+
 def validate(cfg: DictConfig) -> None:
     """Check names, types and combinations; raise ConfigError listing every problem."""
     from rlaif.criteria import REQUIRED_WORDING, Criterion, wording_problems
@@ -181,21 +221,53 @@ def validate(cfg: DictConfig) -> None:
     c.need("preferences.mode", "str", choices=MODES)
     c.need("preferences.min_margin", "number", low=0)
     # optimizer
-    c.need("optimizer.name", "str", choices=("dpo",))
-    if c.get("optimizer.name") == "dpo":
-        c.need("optimizer.beta", "number", low=0, low_open=True)
-        c.need("optimizer.loss_type", "str", choices=LOSS_TYPES)
-        c.need("optimizer.label_smoothing", "number", low=0, high=0.5)
+    c.need("optimizer.name", "str", choices=OPTIMIZERS)
+    oname = c.get("optimizer.name")
+    if oname == "dpo":
+        _check_dpo(c, "optimizer", LOSS_TYPES)
+    if oname == "self_rewarding":
+        _check_dpo(c, "optimizer.dpo", LOSS_TYPES)
+        c.need("optimizer.rounds", "int", low=1)
+        c.need("optimizer.num_candidates", "int", low=2)
+        if isinstance(c.get("criteria.name"), str):
+            missing = Criterion.from_config(cfg.criteria).missing_for("pointwise")
+            if missing:
+                c.errors.append(f"optimizer=self_rewarding: the policy rates its own samples with the criterion's "
+                                f"pointwise prompt, but criteria '{c.get('criteria.name')}' has no "
+                                + ", ".join(f"criteria.{m}" for m in missing) + "; add it or pick another criteria")
+    if oname in REWARD_OPTIMIZERS:
+        c.need("optimizer.reward_source", "str", choices=("judge", "reward_model"))
+        ref = c.get("optimizer.reward_reference")
+        if ref is not None and ref != "reference_policy":
+            c.errors.append(f"optimizer.reward_reference: {ref!r} is not supported; use null or reference_policy")
+        if c.get("optimizer.reward_source") == "judge" and ref is None and _judge_compares_pairs(cfg.judge):
+            c.errors.append(
+                f"optimizer={oname} needs a pointwise reward, but judge={c.get('judge.kind')} only compares pairs. "
+                f"Fix one of: optimizer.reward_reference=reference_policy (reward = P(response beats the reference "
+                f"policy's sample)); optimizer.reward_source=reward_model (distilled RLAIF: a reward model trained "
+                f"on the judge's preference pairs); or a pointwise judge (judge=contrastive, pointwise, "
+                f"reward_model or rule)")
+    if oname in ("ppo",):
         c.need("optimizer.learning_rate", "number", low=0, low_open=True)
-        c.need("optimizer.epochs", "number", low=0, low_open=True)
-        c.need("optimizer.batch_size", "int", low=1)
-        c.need("optimizer.grad_accum", "int", low=1)
-        c.need("optimizer.max_length", "int", low=8)
-        c.need("optimizer.dtype", "str", choices=("float32", "bfloat16"))
+        c.need("optimizer.kl_coef", "number", low=0)
+        if c.get("optimizer.target_kl") is not None:
+            c.need("optimizer.target_kl", "number", low=0, low_open=True)
+        c.need("optimizer.cliprange", "number", low=0, low_open=True)
+        c.need("optimizer.gamma", "number", low=0, high=1)
+        c.need("optimizer.lam", "number", low=0, high=1)
+        c.need("optimizer.value_model", "str", choices=("separate", "shared"))
         c.need("optimizer.mixed_precision", "str", choices=("no", "bf16"))
-        c.need("optimizer.lora.enabled", "bool")
-        if c.get("optimizer.label_smoothing") and c.get("optimizer.loss_type") not in ("robust", "exo_pair", "sigmoid"):
-            c.errors.append("optimizer.label_smoothing: only used by loss_type robust, exo_pair or sigmoid (cDPO)")
+    if oname in ("grpo", "rloo", "online_dpo", "cai_sft"):
+        c.need("optimizer.learning_rate", "number", low=0, low_open=True)
+        c.need("optimizer.mixed_precision", "str", choices=("no", "bf16"))
+    if oname == "best_of_n":
+        c.need("optimizer.n", "int", low=1)
+    for key in ("budget.judge_calls", "budget.generated_tokens"):
+        v = c.get(key)
+        if v is not None and v != "offline" and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            c.errors.append(f"{key}: expected null, a positive int, or 'offline' (what the offline labelling spent), got {v!r}")
+    if c.get("budget.judge_calls") is not None and c.get("budget.generated_tokens") is not None:
+        c.errors.append("budget: set judge_calls or generated_tokens, not both")
     # data
     c.need("data.path", "str")
     c.need("data.template", "str")

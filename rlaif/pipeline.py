@@ -54,6 +54,7 @@ class Run:
         self.pool = ModelPool(cfg.cache.dir, cfg.policy.prefer_hub, cfg.policy.trust_remote_code)
         self.times: dict[str, float] = {}
         self.hits: dict[str, bool] = {}
+        self.extra: dict[str, Any] = {}  # metrics of optional stages (e.g. reward-model training)
         self.tracker = instantiate(cfg.tracker)
 
     @contextlib.contextmanager
@@ -224,55 +225,26 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
         raise JudgeGateError("The judge gate stopped the run before training:\n  - " + "\n  - ".join(failures)
                              + f"\nJudgments and diagnostics are in {out}.")
 
-    # 4. Train the policy on the pairs (a fresh copy: the judge's weights never change).
-    optimizer = instantiate(cfg.optimizer)
-    train_inputs = {"model": policy.identity, "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
-                    "pairs": stable_hash([p.to_dict() for p in pairs]), "seed": seed}
-    train_key = r.cache.key("train", train_inputs)
+    # 4. Train the policy (a fresh copy: the judge's weights never change).
+    offline_budget = {"judge_calls": len(candidates) if judge.pointwise else
+                      sum(2 if v.swapped else 1 for v in verdicts),
+                      "generated_tokens": sum(c.num_tokens for c in candidates)}
     with r.timed("train"):
-        hit = r.cache.get("train", train_key)
-        r.hits["train"] = hit is not None
-        if hit is None:
-            def _train(d: Path):
-                last = optimizer.train(policy.path, pairs, d / "model", seed, r.tracker, cfg.policy.trust_remote_code)
-                shutil.rmtree(d / "model" / "trainer", ignore_errors=True)
-                write_json(d / "train_metrics.json", last)
-            hit = r.cache.put("train", train_key, _train)
-        train_metrics = _read_json(hit / "train_metrics.json")
-    policy_dir = hit / "model"
+        optimizer, reward, policy_dir, trained_id, train_metrics = _train_stage(
+            r, cfg, seed, train_prompts, candidates, pairs, policy, judge, judge_inputs, criterion, gold,
+            offline_budget)
     link = out / "policy"
     if link.is_symlink() or link.exists():
         link.unlink()
     os.symlink(policy_dir, link)
-    trained_id = f"trained:{train_key}"
 
     # 5. Evaluate trained policy vs reference on held-out prompts with the same frozen judge.
-    ev = cfg.evaluation
-    # The trained policy is a local model whatever generated the training candidates.
-    eval_gen = HFGenerator(model=cfg.policy.model, temperature=ev.temperature, top_p=ev.top_p,
-                           max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, dtype=ev.dtype)
-    eval_inputs = {"policy": trained_id, "reference": policy.identity, "sampling": eval_gen.sampling_params(),
-                   "k": int(ev.samples_per_prompt), "prompts": _prompt_hash(eval_prompts), "seed": seed,
-                   "judge": judge_inputs["judge"], "judge_model": judge_identity,
-                   "criterion": judge_inputs["criterion"], "gold": OmegaConf.to_container(cfg.data.gold, resolve=True)
-                   if cfg.data.get("gold") else None, "kl_dtype": ev.kl_dtype}
     with r.timed("evaluate"):
-        def _evaluate():
-            tok = pool.tokenizer(cfg.policy.model)
-            pool.add("trained-policy", str(policy_dir), trained_id)
-            k = int(ev.samples_per_prompt)
-            eval_seed = seed + 1  # same seed for both policies: paired samples
-            ref = eval_gen.generate(pool.model(cfg.policy.model, eval_gen.dtype), tok, eval_prompts, k, eval_seed,
-                                    policy.identity, "reference", "evaluate: reference")
-            pol = eval_gen.generate(pool.model("trained-policy", eval_gen.dtype), tok, eval_prompts, k, eval_seed,
-                                    trained_id, "policy", "evaluate: policy")
-            samples, m = evaluate(eval_prompts, pol, ref, judge, gold, pool.model("trained-policy", ev.kl_dtype),
-                                  pool.model(cfg.policy.model, ev.kl_dtype), tok, int(ev.kl_batch_size))
-            return {"eval_samples": samples, "eval_metrics": [{k: _finite_or_none(v) for k, v in m.items()}]}
-        res = r.records_stage("evaluate", eval_inputs, _evaluate, {"eval_samples": EvalSample, "eval_metrics": dict})
-    eval_metrics = {k: (float("nan") if v is None else v) for k, v in res["eval_metrics"][0].items()}
+        eval_metrics, samples = _evaluate_stage(r, cfg, seed, eval_prompts, policy, policy_dir, trained_id,
+                                                optimizer, reward, judge, judge_inputs, judge_identity, criterion,
+                                                gold)
     r.tracker.log(eval_metrics)
-    samples = res["eval_samples"]
+    ev = cfg.evaluation
     pol = {(s.prompt_id, s.index): s for s in samples if s.source == "policy"}
     text = {p.id: p.text for p in eval_prompts}
     rows = [[text[s.prompt_id], pol[(s.prompt_id, s.index)].text, s.text, pol[(s.prompt_id, s.index)].gold, s.gold]
@@ -280,9 +252,169 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
     r.tracker.table("eval/samples", ["prompt", "policy", "reference", "gold_policy", "gold_reference"], rows)
 
     summary = {**gen_metrics, **metrics, **{f"train/{k.removeprefix('train/')}": v for k, v in train_metrics.items()},
-               **eval_metrics, **r.times}
+               **r.extra, **eval_metrics, **r.times}
     summary["cache/hits"] = sum(r.hits.values())
     return summary
+
+
+def _scratch(r: Run, stage: str, key: str) -> Path:
+    """A folder that survives a kill (checkpoints, finished rounds) until the stage's entry is complete."""
+    root = r.cache.root / "checkpoints" if r.cache.enabled else r.out / "checkpoints"
+    return root / stage / key
+
+
+def _online_reward(r: Run, cfg, seed, pairs, candidates, policy, judge, judge_inputs, counters):
+    """The reward an online optimizer calls: the judge itself (direct RLAIF) or a reward model
+    trained on the judge's preference pairs (distilled RLAIF). Returns (reward, its identity)."""
+    from rlaif.judges.reward_model import RewardModelJudge
+    from rlaif.optimizers.base import JudgeReward
+
+    o = cfg.optimizer
+    if o.get("reward_source", "judge") == "reward_model":
+        from rlaif.optimizers.reward_model import RewardModelTrainer
+
+        rm_cfg = OmegaConf.to_container(cfg.reward_model, resolve=True)
+        rm_inputs = {"model": policy.identity, "reward_model": rm_cfg, "seed": seed,
+                     "pairs": stable_hash([p.to_dict() for p in pairs])}
+        key = r.cache.key("reward_model", rm_inputs)
+        hit = r.cache.get("reward_model", key)
+        r.hits["reward_model"] = hit is not None
+        if hit is None:
+            def _build(d: Path):
+                trainer = RewardModelTrainer(**{k: v for k, v in rm_cfg.items() if k != "_target_"})
+                m = trainer.train(policy.path, pairs, d / "model", seed, r.tracker, cfg.policy.trust_remote_code)
+                write_json(d / "reward_model_metrics.json", m)
+            with r.timed("reward_model"):
+                hit = r.cache.put("reward_model", key, _build)
+        rm_metrics = _read_json(hit / "reward_model_metrics.json")
+        r.tracker.log(rm_metrics)
+        r.extra.update(rm_metrics)
+        rm_judge = RewardModelJudge(judge.criterion, model=str(hit / "model"), dtype=rm_cfg.get("judge_dtype", "float32"),
+                                    batch_size=int(rm_cfg.get("judge_batch_size", 16)),
+                                    trust_remote_code=cfg.policy.trust_remote_code)
+        return JudgeReward(rm_judge, counters=counters), {"reward_model": key}
+    refs = None
+    if not judge.pointwise:  # validated: optimizer.reward_reference is reference_policy
+        refs = {c.prompt_id: c.text for c in sorted(candidates, key=lambda c: -c.index)}  # each prompt's sample 0
+    return JudgeReward(judge, refs, counters), {"judge": judge_inputs["judge"], "judge_model": judge_inputs["judge_model"],
+                                                "criterion": judge_inputs["criterion"], "references": bool(refs)}
+
+
+def _train_stage(r: Run, cfg, seed, prompts, candidates, pairs, policy, judge, judge_inputs, criterion, gold,
+                 offline_budget):
+    from rlaif.optimizers.base import TrainContext
+
+    optimizer = instantiate(cfg.optimizer)
+    counters: dict[str, float] = {"judge_calls": 0, "generated_tokens": 0}
+    reward, reward_id = None, None
+    if optimizer.needs_reward:
+        reward, reward_id = _online_reward(r, cfg, seed, pairs, candidates, policy, judge, judge_inputs, counters)
+    budget = _budget(cfg, offline_budget)
+    g = cfg.generator
+    train_inputs = {"model": policy.identity, "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
+                    "seed": seed, "prompts": _prompt_hash(prompts),
+                    "pairs": stable_hash([p.to_dict() for p in pairs]) if optimizer.needs_pairs else None,
+                    "reward": reward_id, "budget": budget.__dict__,
+                    "sampling": {"max_new_tokens": int(g.max_new_tokens), "temperature": float(g.temperature),
+                                 "top_p": float(g.top_p)}}
+    if getattr(optimizer, "name", "") in ("self_rewarding", "cai_sft"):  # they judge with the run's criterion
+        train_inputs["criterion"] = judge_inputs["criterion"]
+    key = r.cache.key("train", train_inputs)
+    hit = r.cache.get("train", key)
+    r.hits["train"] = hit is not None
+    if hit is None:
+        scratch = _scratch(r, "train", key)
+        ctx = TrainContext(policy_path=policy.path, output_dir=Path(), seed=seed, prompts=prompts, pairs=pairs,
+                           reward=reward, judge=judge, criterion=criterion, gold=gold, tracker=r.tracker,
+                           trust_remote_code=cfg.policy.trust_remote_code, checkpoint_dir=scratch,
+                           max_new_tokens=int(g.max_new_tokens), temperature=float(g.temperature), top_p=float(g.top_p),
+                           budget=budget, counters=counters)
+
+        def _train(d: Path):
+            ctx.output_dir = d / "model"
+            last = optimizer.train(ctx)
+            shutil.rmtree(d / "model" / "trainer", ignore_errors=True)
+            spent = dict(offline_budget) if optimizer.needs_pairs else {}
+            for k in ("judge_calls", "generated_tokens"):
+                spent[k] = spent.get(k, 0) + counters.get(k, 0)
+            last = {**last, "train/judge_calls": spent["judge_calls"], "train/generated_tokens": spent["generated_tokens"],
+                    "train/unscorable_rewards": counters.get("unscorable", 0)}
+            write_json(d / "train_metrics.json", last)
+            ctx.write_history(d / "train_history.jsonl")
+        hit = r.cache.put("train", key, _train)
+        shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copyfile(hit / "train_history.jsonl", r.out / "train_history.jsonl")
+    return optimizer, reward, hit / "model", f"trained:{key}", _read_json(hit / "train_metrics.json")
+
+
+def _budget(cfg, offline: dict):
+    """``budget.*``: null = each optimizer's own settings; ``offline`` = what labelling the offline
+    preference data spent (so online methods get the same number of judge calls or tokens as DPO)."""
+    from rlaif.optimizers.base import Budget
+
+    b = cfg.get("budget") or {}
+    vals = {}
+    for k in ("judge_calls", "generated_tokens"):
+        v = b.get(k)
+        vals[k] = offline[k] if v == "offline" else (int(v) if v is not None else None)
+    return Budget(**vals)
+
+
+def _evaluate_stage(r: Run, cfg, seed, prompts, policy, policy_dir, trained_id, optimizer, reward, judge,
+                    judge_inputs, judge_identity, criterion, gold):
+    from rlaif.optimizers.best_of_n import best_of_n_kl
+
+    pool, ev = r.pool, cfg.evaluation
+    # The trained policy is a local model whatever generated the training candidates.
+    eval_gen = HFGenerator(model=cfg.policy.model, temperature=ev.temperature, top_p=ev.top_p,
+                           max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, dtype=ev.dtype)
+    k = int(ev.samples_per_prompt)
+    eval_seed = seed + 1  # same seed for both policies: paired samples
+    ref_inputs = {"reference": policy.identity, "sampling": eval_gen.sampling_params(), "k": k,
+                  "prompts": _prompt_hash(prompts), "seed": eval_seed}
+    reference = r.records_stage("evaluate_reference", ref_inputs, lambda: {"eval_reference": eval_gen.generate(
+        pool.model(cfg.policy.model, eval_gen.dtype), pool.tokenizer(cfg.policy.model), prompts, k, eval_seed,
+        policy.identity, "reference", "evaluate: reference")}, {"eval_reference": Candidate})["eval_reference"]
+    heldout_cfg = ev.get("heldout_judge")
+    eval_inputs = {"policy": trained_id, "reference": ref_inputs, "judge": judge_inputs["judge"],
+                   "judge_model": judge_identity, "criterion": judge_inputs["criterion"],
+                   "gold": OmegaConf.to_container(cfg.data.gold, resolve=True) if cfg.data.get("gold") else None,
+                   "kl_dtype": ev.kl_dtype,
+                   "heldout": OmegaConf.to_container(heldout_cfg, resolve=True) if heldout_cfg else None}
+    best_of_n = getattr(optimizer, "name", "") == "best_of_n"
+
+    def _evaluate():
+        tok = pool.tokenizer(cfg.policy.model)
+        extra: dict[str, Any] = {}
+        if best_of_n:  # n fresh reference samples per slot, the judge keeps its favourite
+            n = optimizer.n
+            pools = eval_gen.generate(pool.model(cfg.policy.model, eval_gen.dtype), tok, prompts, k * n,
+                                      eval_seed + 7919, policy.identity, "best_of_n", f"evaluate: best-of-{n}")
+            if getattr(reward, "references", None):  # a comparative judge: compare with a fresh reference sample
+                refs = eval_gen.generate(pool.model(cfg.policy.model, eval_gen.dtype), tok, prompts, 1,
+                                         eval_seed + 104729, policy.identity, "reference", "evaluate: baseline")
+                reward.references.update({c.prompt_id: c.text for c in refs})
+            pol, extra = optimizer.select(prompts, pools, reward, k)
+            pol_model, kl = None, best_of_n_kl(n)
+        else:
+            pool.add("trained-policy", str(policy_dir), trained_id)
+            pol = eval_gen.generate(pool.model("trained-policy", eval_gen.dtype), tok, prompts, k, eval_seed,
+                                    trained_id, "policy", "evaluate: policy")
+            pol_model, kl = pool.model("trained-policy", ev.kl_dtype), None
+        heldout = None
+        if heldout_cfg:
+            heldout = instantiate(heldout_cfg, _partial_=True)(
+                criterion=Criterion.from_config(ev.heldout_criteria) if ev.get("heldout_criteria") else criterion,
+                pool=pool)
+        samples, m = evaluate(prompts, pol, reference, judge, gold, pol_model,
+                              pool.model(cfg.policy.model, ev.kl_dtype), tok, int(ev.kl_batch_size),
+                              analytic_kl=kl, heldout_judge=heldout)
+        m.update(extra)
+        return {"eval_samples": samples, "eval_metrics": [{k: _finite_or_none(v) for k, v in m.items()}]}
+
+    res = r.records_stage("evaluate", eval_inputs, _evaluate, {"eval_samples": EvalSample, "eval_metrics": dict})
+    metrics = {k: (float("nan") if v is None else v) for k, v in res["eval_metrics"][0].items()}
+    return metrics, res["eval_samples"]
 
 
 def run_probes(judge, prompts: list[Prompt], pairs: list[PreferencePair], items: int) -> dict[str, float]:

@@ -82,7 +82,7 @@ def test_wandb_offline_run_holds_config_metrics_and_tables(first_run):
 def test_second_run_reuses_every_stage(first_run, tmp_path):
     cfg, _, summary = first_run
     again = run(cfg, output_dir=tmp_path / "run2")
-    assert again["cache/hits"] == 5  # generate, judge, diagnostics, train, evaluate
+    assert again["cache/hits"] == 6  # generate, judge, diagnostics, train, evaluate_reference, evaluate
     for key in ["eval/gold_reward_policy", "eval/gold_reward_reference", "eval/win_rate", "eval/kl"]:
         assert again[key] == summary[key], key
     a = (tmp_path / "run1" / "preferences.jsonl").read_bytes()

@@ -27,7 +27,14 @@ def _sem(xs) -> float:
 
 
 def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Candidate], judge, gold,
-             policy_model, reference_model, tokenizer, kl_batch_size: int = 16) -> tuple[list[EvalSample], dict]:
+             policy_model, reference_model, tokenizer, kl_batch_size: int = 16, analytic_kl: float | None = None,
+             heldout_judge=None) -> tuple[list[EvalSample], dict]:
+    """Score held-out samples of the trained policy against the reference's, paired by (prompt, index).
+
+    ``policy_model`` None with ``analytic_kl``: the policy is not a model (best-of-n sampling) and its
+    KL is known in closed form. ``heldout_judge``: a second judge that never trained the policy,
+    for the training-judge vs held-out-judge view of over-optimisation.
+    """
     by_id = {p.id: p for p in prompts}
     samples = []
     golds = {}
@@ -45,15 +52,29 @@ def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Can
     wins = [1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5 for p in valid_prefs]
 
     # Sequence-level KL on the policy's samples.
-    prefixes = [chat_prefix_ids(tokenizer, by_id[c.prompt_id].messages) for c in policy]
-    conts = [tokenizer(c.text, add_special_tokens=False)["input_ids"] for c in policy]
-    lp_pol = continuation_logprobs(policy_model, tokenizer.pad_token_id, prefixes, conts, kl_batch_size, desc="KL (policy)")
-    lp_ref = continuation_logprobs(reference_model, tokenizer.pad_token_id, prefixes, conts, kl_batch_size,
-                                   desc="KL (reference)")
-    kls = [a[0] - b[0] for a, b in zip(lp_pol, lp_ref, strict=True)]
     pol_samples = [s for s in samples if s.source == "policy"]
-    for s, a, b in zip(pol_samples, lp_pol, lp_ref, strict=True):
-        s.logp_policy, s.logp_reference = a[0], b[0]
+    if policy_model is not None:
+        prefixes = [chat_prefix_ids(tokenizer, by_id[c.prompt_id].messages) for c in policy]
+        conts = [tokenizer(c.text, add_special_tokens=False)["input_ids"] for c in policy]
+        lp_pol = continuation_logprobs(policy_model, tokenizer.pad_token_id, prefixes, conts, kl_batch_size,
+                                       desc="KL (policy)")
+        lp_ref = continuation_logprobs(reference_model, tokenizer.pad_token_id, prefixes, conts, kl_batch_size,
+                                       desc="KL (reference)")
+        kls = [a[0] - b[0] for a, b in zip(lp_pol, lp_ref, strict=True)]
+        for s, a, b in zip(pol_samples, lp_pol, lp_ref, strict=True):
+            s.logp_policy, s.logp_reference = a[0], b[0]
+    else:
+        kls = [analytic_kl] if analytic_kl is not None else []
+
+    # The training judge's own score of both policies' samples (pointwise judges).
+    judge_scores = {}
+    if judge.pointwise:
+        for name, cands in (("policy", policy), ("reference", reference)):
+            sc = judge.scores([by_id[c.prompt_id] for c in cands], [c.text for c in cands])
+            judge_scores[name] = [x for x in sc if x is not None and math.isfinite(x)]
+            if name == "policy":
+                for smp, x in zip(pol_samples, sc, strict=True):
+                    smp.judge_score = x
 
     metrics = {
         "eval/gold_reward_policy": _mean(golds["policy"]),
@@ -68,6 +89,16 @@ def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Can
         "eval/length_reference": _mean([c.num_tokens for c in reference]),
         "eval/samples_per_policy": len(policy),
     }
+    if judge_scores:
+        metrics["eval/judge_score_policy"] = _mean(judge_scores["policy"])
+        metrics["eval/judge_score_reference"] = _mean(judge_scores["reference"])
+    if heldout_judge is not None:
+        hp = heldout_judge.prefer([by_id[a.prompt_id] for a, _ in matched], [a.text for a, _ in matched],
+                                  [b.text for _, b in matched]) if matched else []
+        hv = [p for p in hp if p is not None]
+        metrics["eval/heldout_win_rate"] = _mean([1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5 for p in hv])
+        metrics["eval/heldout_preference"] = _mean(hv)
+        metrics["eval/heldout_invalid"] = len(hp) - len(hv)
     lc = length_controlled_win_rate(prefs, [a.num_tokens for a, _ in matched], [b.num_tokens for _, b in matched])
     if "lc_win_rate" in lc:
         metrics["eval/lc_win_rate"] = lc["lc_win_rate"]

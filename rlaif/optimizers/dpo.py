@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rlaif.types import PreferencePair
+from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +21,10 @@ LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
 class DPOOptimizer:
     name = "dpo"
     needs_pairs = True
+    needs_reward = False
 
     def __init__(self, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
                  learning_rate: float = 5e-6, epochs: int = 1, batch_size: int = 8, grad_accum: int = 1,
@@ -43,61 +40,55 @@ class DPOOptimizer:
         self.lora = dict(lora or {})
         self.logging_steps = logging_steps
 
-    def train(self, model_path: str, pairs: list[PreferencePair], output_dir: str | Path, seed: int,
-              tracker=None, trust_remote_code: bool = False) -> dict[str, float]:
-        """Train on ``pairs`` and save the policy to ``output_dir``. Returns final training metrics."""
-        from datasets import Dataset
-        from transformers import TrainerCallback
-        from trl import DPOConfig, DPOTrainer
+    def train(self, ctx: TrainContext) -> dict[str, float]:
+        """Train on ``ctx.pairs`` and save the policy to ``ctx.output_dir``. Returns final training metrics."""
+        return train_dpo(self, ctx.policy_path, ctx.pairs, Path(ctx.output_dir), ctx.seed, ctx, ctx.trust_remote_code)
 
-        from rlaif.models import load_causal_lm, load_tokenizer
 
-        if not pairs:
-            raise ValueError("DPO got no preference pairs: lower preferences.min_margin or sample more candidates")
-        output_dir = Path(output_dir)
-        tok = load_tokenizer(model_path, trust_remote_code)
-        model = load_causal_lm(model_path, self.dtype, trust_remote_code)
-        data = Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
-        args = DPOConfig(
-            output_dir=str(output_dir / "trainer"), beta=self.beta, loss_type=[self.loss_type],
-            label_smoothing=self.label_smoothing, learning_rate=self.learning_rate,
-            num_train_epochs=self.epochs, per_device_train_batch_size=self.batch_size,
-            gradient_accumulation_steps=self.grad_accum, max_length=self.max_length,
-            warmup_steps=self.warmup_ratio, lr_scheduler_type=self.lr_scheduler, weight_decay=self.weight_decay,
-            max_grad_norm=self.max_grad_norm, precompute_ref_log_probs=self.precompute_ref_log_probs,
-            logging_steps=self.logging_steps, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
-            bf16=self.dtype == "bfloat16" or self.mixed_precision == "bf16", dataloader_num_workers=0, disable_dropout=True,
-            use_cpu=not torch.cuda.is_available(),
-        )
-        peft_config = None
-        if self.lora.get("enabled"):
-            from peft import LoraConfig
+def train_dpo(opt: DPOOptimizer, model_path: str, pairs: list, output_dir: Path, seed: int, ctx: TrainContext,
+              trust_remote_code: bool = False, step_offset: int = 0) -> dict[str, float]:
+    """One DPO run from ``model_path`` on ``pairs`` (also one round of iterative/self-rewarding DPO)."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
 
-            peft_config = LoraConfig(r=self.lora.get("r", 16), lora_alpha=self.lora.get("alpha", 32),
-                                     lora_dropout=self.lora.get("dropout", 0.0),
-                                     target_modules=self.lora.get("target_modules", "all-linear"), task_type="CAUSAL_LM")
-        history: list[dict] = []
+    from rlaif.models import load_causal_lm, load_tokenizer
 
-        class _Forward(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kw):
-                logs = dict(logs or {})
-                loss = logs.get("loss")
-                if loss is not None and not math.isfinite(loss):
-                    raise NonFiniteLossError(f"DPO loss became {loss} at step {state.global_step}; lower "
-                                             "optimizer.learning_rate or check the preference data")
-                row = {f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}
-                row["train/step"] = state.global_step
-                history.append(row)
-                if tracker is not None:
-                    tracker.log(row)
+    if not pairs:
+        raise ValueError("DPO got no preference pairs: lower preferences.min_margin or sample more candidates")
+    tok = load_tokenizer(model_path, trust_remote_code)
+    model = load_causal_lm(model_path, opt.dtype, trust_remote_code)
+    data = Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
+    args = DPOConfig(
+        output_dir=str(output_dir / "trainer"), beta=opt.beta, loss_type=[opt.loss_type],
+        label_smoothing=opt.label_smoothing, learning_rate=opt.learning_rate,
+        num_train_epochs=opt.epochs, per_device_train_batch_size=opt.batch_size,
+        gradient_accumulation_steps=opt.grad_accum, max_length=opt.max_length,
+        warmup_steps=opt.warmup_ratio, lr_scheduler_type=opt.lr_scheduler, weight_decay=opt.weight_decay,
+        max_grad_norm=opt.max_grad_norm, precompute_ref_log_probs=opt.precompute_ref_log_probs,
+        logging_steps=opt.logging_steps, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
+        bf16=opt.dtype == "bfloat16" or opt.mixed_precision == "bf16", dataloader_num_workers=0, disable_dropout=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    last: dict[str, float] = {}
 
-        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
-                             peft_config=peft_config, callbacks=[_Forward()])
-        trainer.train()
-        final = trainer.model
-        if peft_config is not None:
-            final = final.merge_and_unload()
-        final.save_pretrained(output_dir, safe_serialization=True)
-        tok.save_pretrained(output_dir)
-        last = {k: v for row in history for k, v in row.items()}
-        return last
+    class _Forward(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = dict(logs or {})
+            loss = logs.get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise NonFiniteLossError(f"DPO loss became {loss} at step {state.global_step}; lower "
+                                         "optimizer.learning_rate or check the preference data")
+            row = {f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}
+            last.update(row)
+            ctx.log(row, step=step_offset + state.global_step)
+
+    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                         peft_config=lora_config(opt.lora), callbacks=[_Forward()])
+    trainer.train()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_policy(trainer.model, tok, output_dir)
+    import shutil
+
+    shutil.rmtree(output_dir / "trainer", ignore_errors=True)
+    return last

@@ -1,0 +1,102 @@
+"""Iterative self-rewarding DPO (Yuan et al. 2024, arXiv:2401.10020).
+
+Each round the current policy samples k responses per training prompt, judges them itself with a
+pointwise rating prompt (the criterion's ``pointwise`` wording), pairs its best against its worst
+response, and one DPO run from the current weights gives the next round's policy. The run's own
+judge is not used for training (only for evaluation), so the policy and its judge improve together.
+
+Rounds finished before a crash are kept under ``ctx.checkpoint_dir`` and skipped on rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from rlaif.io import write_json
+from rlaif.optimizers.base import TrainContext
+from rlaif.optimizers.dpo import DPOOptimizer, train_dpo
+
+log = logging.getLogger(__name__)
+
+
+class SelfRewardingDPO:
+    name = "self_rewarding"
+    needs_pairs = False
+    needs_reward = False
+
+    def __init__(self, rounds: int = 3, num_candidates: int = 4, judge_dtype: str = "bfloat16",
+                 judge_batch_size: int = 8, sample_batch_size: int = 32, min_margin: float = 0.0,
+                 dpo: DPOOptimizer | dict | None = None, **_unused):
+        if int(rounds) < 1 or int(num_candidates) < 2:
+            raise ValueError("self_rewarding needs optimizer.rounds >= 1 and optimizer.num_candidates >= 2")
+        self.rounds, self.k = int(rounds), int(num_candidates)
+        self.judge_dtype, self.judge_batch_size = judge_dtype, int(judge_batch_size)
+        self.sample_batch_size, self.min_margin = int(sample_batch_size), float(min_margin)
+        # Hydra instantiates the nested optimizer.dpo block (it has a _target_); a plain dict works too.
+        self.dpo = dpo if isinstance(dpo, DPOOptimizer) else DPOOptimizer(**{k: v for k, v in (dpo or {}).items() if k != '_target_'})
+
+    def train(self, ctx: TrainContext) -> dict[str, float]:
+        from rlaif.generators import HFGenerator
+        from rlaif.judges import PointwiseJudge
+        from rlaif.models import ModelPool
+        from rlaif.preferences import build_pairs
+
+        if ctx.criterion is None:
+            raise ValueError("self_rewarding needs the run's criterion (its pointwise wording is the self-judge prompt)")
+        rounds_dir = Path(ctx.checkpoint_dir or Path(ctx.output_dir) / "rounds")
+        current, steps, last = ctx.policy_path, 0, {}
+        for r in range(1, self.rounds + 1):
+            done = rounds_dir / f"round_{r}"
+            if (done / "round.json").exists():  # finished before an interruption
+                info = json.loads((done / "round.json").read_text())
+                log.info("self_rewarding: round %d already done (%s)", r, done)
+                current, steps, last = str(done / "model"), info["steps"], info["metrics"]
+                ctx.history.extend(info["history"])
+                continue
+            name = f"self-rewarding-round-{r}"
+            pool = ModelPool(trust_remote_code=ctx.trust_remote_code)
+            pool.add(name, current, f"{name}:{current}")
+            gen = HFGenerator(model=name, num_candidates=self.k, max_new_tokens=ctx.max_new_tokens,
+                              temperature=ctx.temperature, top_p=ctx.top_p, batch_size=self.sample_batch_size,
+                              dtype=self.judge_dtype)
+            seed = ctx.seed * 1000 + r
+            cands = gen.sample(pool, ctx.prompts, seed=seed, source=f"round{r}", desc=f"self-rewarding round {r}: sample")
+            ctx.counters["generated_tokens"] += sum(c.num_tokens for c in cands)
+            judge = PointwiseJudge(ctx.criterion, pool=pool, model=name, dtype=self.judge_dtype,
+                                   batch_size=self.judge_batch_size, seed=ctx.seed)
+            judgments, _ = judge.rank(ctx.prompts, cands)
+            ctx.counters["judge_calls"] += len(cands)
+            pairs, stats = build_pairs(ctx.prompts, cands, judgments, [], "best_vs_worst", self.min_margin)
+            valid = [j.score for j in judgments if j.valid]
+            row = {"train/round": r, "train/self_judge_score_mean": sum(valid) / max(len(valid), 1),
+                   "train/self_judge_invalid": len(judgments) - len(valid), "train/pairs": len(pairs),
+                   "train/sample_length": sum(c.num_tokens for c in cands) / max(len(cands), 1)}
+            if ctx.gold is not None:  # how good the policy's samples and its own labels are, this round
+                by_id = {p.id: p for p in ctx.prompts}
+                g = dict(zip([(c.prompt_id, c.index) for c in cands],
+                             ctx.gold.score([by_id[c.prompt_id] for c in cands], [c.text for c in cands]), strict=True))
+                agree = [g[(p.prompt_id, p.chosen_index)] > g[(p.prompt_id, p.rejected_index)] for p in pairs
+                         if g[(p.prompt_id, p.chosen_index)] != g[(p.prompt_id, p.rejected_index)]]
+                row["train/sample_gold_mean"] = sum(g.values()) / max(len(g), 1)
+                row["train/self_judge_gold_agreement"] = sum(agree) / len(agree) if agree else float("nan")
+            del pool, judge, gen
+            start = len(ctx.history)
+            ctx.log(row, step=steps)
+            tmp = rounds_dir / f".round_{r}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            last = train_dpo(self.dpo, current, pairs, tmp / "model", seed, ctx, ctx.trust_remote_code, steps)
+            last.update(row)
+            steps = int(ctx.history[-1].get("train/step", steps)) if ctx.history else steps
+            write_json(tmp / "round.json", {"steps": steps, "metrics": last, "history": ctx.history[start:]})
+            shutil.rmtree(done, ignore_errors=True)
+            tmp.rename(done)
+            current = str(done / "model")
+        out = Path(ctx.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in Path(current).iterdir():
+            if f.is_file():
+                shutil.copy2(f, out / f.name)
+        return {**last, "train/rounds": self.rounds}
