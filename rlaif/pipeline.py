@@ -56,6 +56,12 @@ class Run:
         self.hits: dict[str, bool] = {}
         self.extra: dict[str, Any] = {}  # metrics of optional stages (e.g. reward-model training)
         self.tracker = instantiate(cfg.tracker)
+        sweep = _hydra_sweep()
+        if sweep is not None:  # one W&B group per sweep, one job type per optimizer
+            if getattr(self.tracker, "group", "absent") is None:
+                self.tracker.group = sweep
+            if getattr(self.tracker, "job_type", "absent") is None:
+                self.tracker.job_type = str(cfg.optimizer.name)
 
     @contextlib.contextmanager
     def timed(self, stage: str):
@@ -446,6 +452,21 @@ def _hydra_output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _hydra_sweep() -> str | None:
+    """A name for the Hydra multirun this job belongs to (from its sweep folder), or None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ValueError, ImportError):
+        return None
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    parts = Path(str(hc.sweep.dir)).parts
+    return "sweep-" + "_".join(parts[-2:]) if len(parts) >= 2 else f"sweep-{parts[-1]}"
 
 
 def _hydra_choice(group: str) -> str | None:

@@ -129,14 +129,17 @@ def test_diagnostics_written_and_logged(first_run):
 
 def test_sweep_runs_one_job_per_value(tiny_overrides, tmp_path):
     sweep = tmp_path / "sweep"
-    cmd = ["rlaif", "-m", "optimizer.beta=0.05,0.5", "tracker=none", "diagnostics=none",
-           f"hydra.sweep.dir={sweep}", *tiny_overrides]
+    cmd = ["rlaif", "-m", "optimizer.beta=0.05,0.5", "diagnostics=none",
+           f"hydra.sweep.dir={sweep / '2026-01-02' / '03-04-05'}", *tiny_overrides]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = sorted(p.parent for p in sweep.glob("*/summary.json"))
+    jobs = sorted(p.parent for p in sweep.glob("*/*/*/summary.json"))
     assert len(jobs) == 2, list(sweep.iterdir())
     betas = sorted(float((j / ".hydra" / "overrides.yaml").read_text().split("optimizer.beta=")[1].split()[0]) for j in jobs)
     assert betas == [0.05, 0.5]
+    for job in jobs:  # one W&B group for the sweep, the optimizer as job type
+        records = json.dumps(wandb_inspect(job, summary_only=False), separators=(",", ":"))
+        assert '"run_group":"sweep-2026-01-02_03-04-05"' in records and '"job_type":"dpo"' in records
 
 
 def test_gate_messages_name_metric_and_margin():
