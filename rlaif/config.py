@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-GROUPS = ("generator", "judge", "criteria", "optimizer", "data", "evaluation", "diagnostics", "tracker", "experiment")
+GROUPS = ("generator", "judge", "criteria", "optimizer", "reward_model", "data", "evaluation", "diagnostics", "tracker", "experiment")
 
 
 class ConfigError(ValueError):
