@@ -1,0 +1,185 @@
+"""Constitutional AI, supervised stage (Bai et al. 2022): critique, revise, fine-tune on the revisions.
+
+For each training prompt the policy writes a response, critiques it under one principle of the
+criterion's constitution (chosen per prompt by ``Criterion.principle_for(seed, prompt_id)``; the
+criterion's description when it lists none), and rewrites it; TRL's SFTTrainer then fine-tunes the
+policy on (prompt -> final revision) with the loss on the revision only. Every step is written to
+``revisions.jsonl`` in the output folder, including the revisions that were dropped (empty, or the
+same as the text they revise) and why, so the training data can be read before trusting the result.
+
+It needs no reward and no preference pairs; the RL stage of CAI is any preference optimizer run
+afterwards with a principle-aware judge.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from rlaif.optimizers.base import TrainContext, lora_config, save_policy
+from rlaif.optimizers.trl_online import common_args, log_forwarder
+from rlaif.types import Prompt
+
+log = logging.getLogger(__name__)
+
+CRITIQUE_REQUEST = ("Identify specific ways in which your last response does not follow this principle: "
+                    "{principle}")
+REVISION_REQUEST = ("Rewrite your last response so that it follows this principle: {principle} "
+                    "Reply with the rewritten response only.")
+
+_LABEL = re.compile(r"^\s*(revision|revised response|rewritten response|rewrite)\s*:\s*", re.IGNORECASE)
+
+
+def clean_revision(text: str) -> str:
+    """Strip whitespace and a leading "Revision:"-style label that models often add."""
+    return _LABEL.sub("", text.strip(), count=1).strip()
+
+
+def _same(a: str, b: str) -> bool:
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+class ConstitutionalSFT:
+    name = "cai_sft"
+    needs_pairs = False
+    needs_reward = False
+
+    def __init__(self, critique_request: str = CRITIQUE_REQUEST, revision_request: str = REVISION_REQUEST,
+                 num_revisions: int = 1, response_max_new_tokens: int | None = None,
+                 critique_max_new_tokens: int = 64, revision_max_new_tokens: int | None = None,
+                 temperature: float | None = None, generation_batch_size: int = 16, learning_rate: float = 1e-5,
+                 epochs: float = 1, batch_size: int = 8, grad_accum: int = 1, max_length: int = 512,
+                 lr_scheduler: str = "linear", warmup_ratio: float = 0.0, max_grad_norm: float = 1.0,
+                 gradient_checkpointing: bool = False, dtype: str = "float32", mixed_precision: str = "no",
+                 lora: dict | None = None, logging_steps: int = 1, **_unused):
+        for key, template in (("critique_request", critique_request), ("revision_request", revision_request)):
+            if "{principle}" not in template:
+                raise ValueError(f"optimizer.{key} must contain {{principle}}: {template!r}")
+        if num_revisions < 1:
+            raise ValueError(f"optimizer.num_revisions={num_revisions}: at least one critique-revision round")
+        self.critique_request, self.revision_request, self.num_revisions = critique_request, revision_request, num_revisions
+        self.response_max_new_tokens, self.critique_max_new_tokens = response_max_new_tokens, critique_max_new_tokens
+        self.revision_max_new_tokens, self.temperature = revision_max_new_tokens, temperature
+        self.generation_batch_size = generation_batch_size
+        self.learning_rate, self.epochs = learning_rate, epochs
+        self.batch_size, self.grad_accum, self.max_length = batch_size, grad_accum, max_length
+        self.lr_scheduler, self.warmup_ratio, self.max_grad_norm = lr_scheduler, warmup_ratio, max_grad_norm
+        self.gradient_checkpointing, self.dtype, self.mixed_precision = gradient_checkpointing, dtype, mixed_precision
+        self.lora = dict(lora or {})
+        self.logging_steps = logging_steps
+
+    # -- the constitution ---------------------------------------------------------------------------
+    @staticmethod
+    def principle(criterion, seed: int, prompt_id: str, round_: int) -> str:
+        """Round 0 uses ``principle_for(seed, prompt_id)``; later rounds add the round to the key."""
+        if criterion is None:
+            raise ValueError("cai_sft needs the run's criterion (its principles, or its description as the one "
+                             "principle)")
+        key = (prompt_id,) if round_ == 0 else (prompt_id, str(round_))
+        p = criterion.principle_for(seed, *key)
+        if p is None:
+            p = (criterion.description or "").strip()
+            if not p:
+                raise ValueError(f"criteria '{criterion.name}' has neither principles nor a description for cai_sft: "
+                                 f"add `principles:` to conf/criteria/{criterion.name}.yaml")
+        return p
+
+    # -- the supervised data ------------------------------------------------------------------------
+    def sampler(self, model, tok, ctx: TrainContext):
+        """``sample(chats, ids, max_new_tokens, stage) -> texts``: the policy's seeded samples, one per chat;
+        sampled tokens are added to ``ctx.counters["generated_tokens"]``."""
+        from rlaif.generators.hf import HFGenerator
+
+        temperature = self.temperature if self.temperature is not None else ctx.temperature
+
+        def sample(chats: list[list[dict]], ids: list[str], max_new: int, stage: int) -> list[str]:
+            gen = HFGenerator(model="policy", num_candidates=1, max_new_tokens=max_new, temperature=temperature,
+                              top_p=ctx.top_p, batch_size=self.generation_batch_size)
+            ps = [Prompt(id=i, text=c[-1]["content"], messages=c, split="train") for c, i in zip(chats, ids, strict=True)]
+            cands = gen.generate(model, tok, ps, k=1, seed=ctx.seed * 1000 + stage, desc=f"cai stage {stage}")
+            ctx.counters["generated_tokens"] = ctx.counters.get("generated_tokens", 0) + sum(c.num_tokens for c in cands)
+            return [c.text for c in cands]
+
+        return sample
+
+    def revise(self, ctx: TrainContext, sample) -> list[dict]:
+        """Responses, critiques and revisions for every prompt; one record per (prompt, round).
+
+        Round r critiques and revises the latest usable text; a revision that is empty or the same as
+        the text it revises is recorded with its ``skip_reason`` and not used. A prompt's SFT target
+        (``used``) is its last usable revision.
+        """
+        response_len = self.response_max_new_tokens or ctx.max_new_tokens
+        revision_len = self.revision_max_new_tokens or response_len
+        ids = [p.id for p in ctx.prompts]
+        original = sample([p.messages for p in ctx.prompts], ids, response_len, 0)
+        current = list(original)
+        records: list[dict] = []
+        last_valid: dict[str, int] = {}  # prompt id -> index of the record whose revision is the SFT target
+        for r in range(self.num_revisions):
+            criterion = ctx.criterion if ctx.criterion is not None else getattr(ctx.judge, "criterion", None)
+            principles = [self.principle(criterion, ctx.seed, p.id, r) for p in ctx.prompts]
+            critique_chats = [[*p.messages, {"role": "assistant", "content": cur},
+                               {"role": "user", "content": self.critique_request.format(principle=pr)}]
+                              for p, cur, pr in zip(ctx.prompts, current, principles, strict=True)]
+            critiques = [c.strip() for c in sample(critique_chats, ids, self.critique_max_new_tokens, 1 + 2 * r)]
+            revision_chats = [[*chat, {"role": "assistant", "content": crit},
+                               {"role": "user", "content": self.revision_request.format(principle=pr)}]
+                              for chat, crit, pr in zip(critique_chats, critiques, principles, strict=True)]
+            revisions = [clean_revision(t) for t in sample(revision_chats, ids, revision_len, 2 + 2 * r)]
+            for i, p in enumerate(ctx.prompts):
+                skip = "empty" if not revisions[i] else "unchanged" if _same(revisions[i], current[i]) else None
+                records.append({"prompt_id": p.id, "round": r, "principle": principles[i], "response": current[i],
+                                "critique": critiques[i], "revision": revisions[i], "used": False,
+                                "skip_reason": skip})
+                if skip is None:
+                    current[i] = revisions[i]
+                    last_valid[p.id] = len(records) - 1
+        for p, orig, cur in zip(ctx.prompts, original, current, strict=True):
+            if p.id in last_valid and not _same(cur, orig):
+                records[last_valid[p.id]]["used"] = True
+        return records
+
+    def train(self, ctx: TrainContext) -> dict[str, float]:
+        """Write revisions.jsonl, fine-tune on the used revisions, save the policy to ``ctx.output_dir``."""
+        import shutil
+
+        import torch
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        from rlaif.io import write_records
+        from rlaif.models import load_causal_lm, load_tokenizer
+
+        output_dir = Path(ctx.output_dir)
+        tok = load_tokenizer(ctx.policy_path, ctx.trust_remote_code)
+        model = load_causal_lm(ctx.policy_path, self.dtype, ctx.trust_remote_code)
+        if torch.cuda.is_available():  # sample on the GPU; the trainer places the model itself afterwards
+            model.to("cuda")
+        model.eval()
+        records = self.revise(ctx, self.sampler(model, tok, ctx))
+        write_records(output_dir / "revisions.jsonl", records)
+        by_id = {p.id: p for p in ctx.prompts}
+        used = [r for r in records if r["used"]]
+        counts = {"train/revised": float(len(used)),
+                  "train/skipped_revisions": float(sum(r["skip_reason"] is not None for r in records)),
+                  "train/unrevised_prompts": float(len(ctx.prompts) - len(used))}
+        ctx.log(counts, step=0)
+        if not used:
+            raise ValueError(f"cai_sft: no usable revision for any of {len(ctx.prompts)} prompts (all empty or "
+                             f"unchanged; see {output_dir / 'revisions.jsonl'}): raise revision_max_new_tokens or "
+                             "reword optimizer.revision_request")
+        data = Dataset.from_list([{"prompt": by_id[r["prompt_id"]].messages,
+                                   "completion": [{"role": "assistant", "content": r["revision"]}]} for r in used])
+        args = SFTConfig(**common_args(self, ctx.seed, output_dir), completion_only_loss=True,
+                         max_length=self.max_length, packing=False, dataset_num_proc=None)
+        last: dict[str, float] = {}
+        fwd = log_forwarder(ctx.log, last, "CAI SFT", "lower optimizer.learning_rate")
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                             peft_config=lora_config(self.lora), callbacks=[fwd])
+        trainer.train()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_policy(trainer.model, tok, output_dir)
+        shutil.rmtree(output_dir / "trainer", ignore_errors=True)
+        return {**last, **counts, "train/generated_tokens": float(ctx.counters.get("generated_tokens", 0))}

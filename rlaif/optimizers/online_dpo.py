@@ -1,0 +1,96 @@
+"""Online DPO with AI feedback (OAIF, Guo et al. 2024) through TRL's experimental OnlineDPOTrainer.
+
+Each step the policy samples two fresh responses per prompt, the judge (``ctx.reward``, a pointwise
+reward) scores both, the higher-scored one becomes "chosen", and a DPO loss against a frozen copy of
+the starting policy (or the LoRA-disabled base) updates the policy. Unlike offline DPO the pairs are
+on-policy; no reward model or judge object is trained or loaded here.
+
+TRL sums reward functions with ``nansum``, so an unscorable response counts as reward 0 in its pair;
+the wrapper counts such pairs (``train/unscorable_pairs``) rather than hiding them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+from rlaif.optimizers.base import TrainContext, lora_config
+from rlaif.optimizers.trl_online import CountingReward, budget_max_steps, common_args, finish, log_forwarder
+
+log = logging.getLogger(__name__)
+
+
+class _PairCountingReward(CountingReward):
+    """Also counts pairs in which either response was unscorable (TRL gives those a reward of 0)."""
+
+    unscorable_pairs = 0
+
+    def __call__(self, prompts, completions, completion_ids=None, **kw):
+        out = super().__call__(prompts, completions, completion_ids=completion_ids, **kw)
+        half = len(out) // 2  # TRL scores [first responses..., second responses...] for the same prompts
+        bad = sum(not (math.isfinite(a) and math.isfinite(b)) for a, b in zip(out[:half], out[half:], strict=True))
+        self.unscorable_pairs += bad
+        if bad:
+            log.warning("online DPO: %d of %d pairs had an unscorable response (scored as 0 by TRL)", bad, half)
+        return out
+
+
+class OnlineDPOOptimizer:
+    name = "online_dpo"
+    needs_pairs = False
+    needs_reward = True
+
+    def __init__(self, beta: float = 0.1, loss_type: str = "sigmoid", learning_rate: float = 5e-7,
+                 batch_size: int = 4, grad_accum: int = 1, epochs: float = 1, max_steps: int | None = None,
+                 max_new_tokens: int | None = None, max_length: int = 512, temperature: float | None = None,
+                 missing_eos_penalty: float | None = None, lr_scheduler: str = "linear", warmup_ratio: float = 0.0,
+                 max_grad_norm: float = 1.0, gradient_checkpointing: bool = False, dtype: str = "float32",
+                 mixed_precision: str = "no", lora: dict | None = None, logging_steps: int = 1,
+                 reward_source: str = "judge", reward_reference: str | None = None, **_unused):
+        if loss_type not in ("sigmoid", "ipo"):
+            raise ValueError(f"optimizer.loss_type='{loss_type}': online DPO supports sigmoid or ipo")
+        self.beta, self.loss_type, self.learning_rate = beta, loss_type, learning_rate
+        self.batch_size, self.grad_accum, self.epochs, self.max_steps = batch_size, grad_accum, epochs, max_steps
+        self.max_new_tokens, self.max_length, self.temperature = max_new_tokens, max_length, temperature
+        self.missing_eos_penalty = missing_eos_penalty
+        self.lr_scheduler, self.warmup_ratio, self.max_grad_norm = lr_scheduler, warmup_ratio, max_grad_norm
+        self.gradient_checkpointing, self.dtype, self.mixed_precision = gradient_checkpointing, dtype, mixed_precision
+        self.lora = dict(lora or {})
+        self.logging_steps = logging_steps
+
+    def train(self, ctx: TrainContext) -> dict[str, float]:
+        """Sample two responses per prompt, let ``ctx.reward`` pick, DPO-update; save to ``ctx.output_dir``."""
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from datasets import Dataset
+        from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+        from rlaif.models import load_causal_lm, load_tokenizer
+
+        output_dir = Path(ctx.output_dir)
+        max_new = self.max_new_tokens or ctx.max_new_tokens
+        tok = load_tokenizer(ctx.policy_path, ctx.trust_remote_code)
+        model = load_causal_lm(ctx.policy_path, self.dtype, ctx.trust_remote_code)
+        reward = _PairCountingReward(ctx, tok, model)
+        args = OnlineDPOConfig(
+            **common_args(self, ctx.seed, output_dir, self.max_steps), disable_dropout=True, beta=[self.beta],
+            loss_type=self.loss_type, max_new_tokens=max_new, max_length=self.max_length,
+            temperature=self.temperature if self.temperature is not None else ctx.temperature, top_p=ctx.top_p,
+            missing_eos_penalty=self.missing_eos_penalty, use_vllm=False, trust_remote_code=ctx.trust_remote_code,
+        )
+        # Each micro-step samples two responses for each of batch_size prompts (per process).
+        steps = budget_max_steps(ctx, 2 * args.per_device_train_batch_size * args.world_size, 1,
+                                 args.gradient_accumulation_steps, max_new, self.name)
+        if steps is not None:
+            args.max_steps = steps
+            log.info("online DPO: the budget allows %d optimizer steps", steps)
+        data = Dataset.from_list([{"prompt": p.messages} for p in ctx.prompts])
+        last: dict[str, float] = {}
+        fwd = log_forwarder(ctx.log, last, "online DPO", "lower optimizer.learning_rate or raise optimizer.beta")
+        trainer = OnlineDPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data,
+                                   processing_class=tok, peft_config=lora_config(self.lora), callbacks=[fwd])
+        trainer.train()
+        out = finish(trainer, tok, output_dir, last, ctx, reward)
+        out["train/unscorable_pairs"] = float(reward.unscorable_pairs)
+        return out

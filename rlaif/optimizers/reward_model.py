@@ -1,0 +1,154 @@
+"""Reward-model training on AI preference pairs ("distilled RLAIF", Lee et al. 2023), through TRL.
+
+The judge's preference pairs train a Bradley-Terry reward model (TRL's RewardTrainer): a copy of the
+policy with a one-output sequence-classification head, scoring the chat-formatted (prompt, response).
+The pipeline then uses it as the reward for PPO/GRPO in place of the judge, which is cheaper per call
+and smooth. The saved folder (safetensors, tokenizer, ``num_labels=1``) is what
+``rlaif.judges.RewardModelJudge`` loads; held-out pair accuracy says how well it learned the judge.
+
+This module only trains and saves; it never calls the judge.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from pathlib import Path
+
+from rlaif.optimizers.trl_online import common_args, log_forwarder
+from rlaif.types import PreferencePair
+
+log = logging.getLogger(__name__)
+
+
+class RewardModelTrainer:
+    def __init__(self, learning_rate: float = 1e-5, epochs: float = 1, batch_size: int = 8, grad_accum: int = 1,
+                 max_length: int = 512, eval_fraction: float = 0.1, min_eval_pairs: int = 4,
+                 center_rewards_coefficient: float | None = 0.01, lr_scheduler: str = "linear",
+                 warmup_ratio: float = 0.0, max_grad_norm: float = 1.0, gradient_checkpointing: bool = False,
+                 dtype: str = "float32", mixed_precision: str = "no", lora: dict | None = None,
+                 logging_steps: int = 1, **_unused):
+        if not 0.0 <= eval_fraction < 1.0:
+            raise ValueError(f"reward_model.eval_fraction={eval_fraction} must be in [0, 1)")
+        self.learning_rate, self.epochs, self.batch_size, self.grad_accum = learning_rate, epochs, batch_size, grad_accum
+        self.max_length, self.eval_fraction, self.min_eval_pairs = max_length, eval_fraction, min_eval_pairs
+        self.center_rewards_coefficient = center_rewards_coefficient
+        self.lr_scheduler, self.warmup_ratio, self.max_grad_norm = lr_scheduler, warmup_ratio, max_grad_norm
+        self.gradient_checkpointing, self.dtype, self.mixed_precision = gradient_checkpointing, dtype, mixed_precision
+        self.lora = dict(lora or {})
+        self.logging_steps = logging_steps
+
+    def split(self, pairs: list[PreferencePair], seed: int, eval_fraction: float) -> tuple[list, list]:
+        """Seeded held-out split by prompt (no prompt in both parts); no held-out part when it would hold
+        fewer than ``min_eval_pairs`` pairs or leave nothing to train on."""
+        prompt_ids = sorted({p.prompt_id for p in pairs})
+        random.Random(seed).shuffle(prompt_ids)
+        held = set(prompt_ids[: int(round(eval_fraction * len(prompt_ids)))])
+        train = [p for p in pairs if p.prompt_id not in held]
+        evals = [p for p in pairs if p.prompt_id in held]
+        if len(evals) < max(1, self.min_eval_pairs) or not train:
+            if eval_fraction > 0:
+                log.warning("reward model: %d pairs over %d prompts are too few for a held-out split "
+                            "(min_eval_pairs=%d); training on all of them, no held-out accuracy",
+                            len(pairs), len(prompt_ids), self.min_eval_pairs)
+            return list(pairs), []
+        return train, evals
+
+    def train(self, base_model_path: str, pairs: list[PreferencePair], output_dir, seed: int, tracker=None,
+              trust_remote_code: bool = False, eval_fraction: float | None = None) -> dict[str, float]:
+        """Train on ``pairs`` starting from ``base_model_path``; save to ``output_dir``; return
+        ``reward_model/...`` metrics (``loss``: mean training loss; ``accuracy``: held-out pair accuracy)."""
+        import torch
+        from datasets import Dataset
+        from transformers import AutoModelForSequenceClassification
+        from trl import RewardConfig, RewardTrainer
+
+        from rlaif.models import load_tokenizer, torch_dtype
+
+        if not pairs:
+            raise ValueError("the reward model got no preference pairs: label more candidates with the judge or "
+                             "lower preferences.min_margin")
+        output_dir = Path(output_dir)
+        eval_fraction = self.eval_fraction if eval_fraction is None else eval_fraction
+        train_pairs, eval_pairs = self.split(pairs, seed, eval_fraction)
+
+        tok = load_tokenizer(base_model_path, trust_remote_code)
+        torch.manual_seed(seed)  # the new score head is initialised randomly
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_model_path, num_labels=1, dtype=torch_dtype(self.dtype), trust_remote_code=trust_remote_code,
+            use_safetensors=True)
+        model.config.pad_token_id = tok.pad_token_id  # the head reads each row's last non-pad token
+
+        def dataset(ps):
+            return Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in ps])
+
+        args = RewardConfig(**common_args(self, seed, output_dir), max_length=self.max_length,
+                            center_rewards_coefficient=self.center_rewards_coefficient, disable_dropout=True,
+                            trust_remote_code=trust_remote_code, per_device_eval_batch_size=self.batch_size)
+        last: dict[str, float] = {}
+
+        def log_fn(row, step=None):  # TRL's keys -> reward_model/train/... and reward_model/eval/...
+            if tracker is not None:
+                tracker.log({f"reward_model/eval/{k[5:]}" if k.startswith("eval_") else f"reward_model/train/{k}": v
+                             for k, v in row.items()} | {"reward_model/step": step})
+
+        fwd = log_forwarder(log_fn, last, "reward model", "lower reward_model.learning_rate", prefix="")
+        trainer = RewardTrainer(model=model, args=args, train_dataset=dataset(train_pairs),
+                                eval_dataset=dataset(eval_pairs) if eval_pairs else None, processing_class=tok,
+                                peft_config=_seq_cls_lora(self.lora), callbacks=[fwd])
+        kept = len(trainer.train_dataset)
+        if kept == 0:
+            raise ValueError(f"every training pair is longer than reward_model.max_length={self.max_length} tokens")
+        trainer.train()
+
+        out = {"reward_model/num_train_pairs": float(kept),
+               "reward_model/dropped_long_pairs": float(len(train_pairs) - kept),
+               "reward_model/num_eval_pairs": float(len(eval_pairs)),
+               "reward_model/loss": last.get("train_loss", float("nan")),  # mean over training
+               "reward_model/train_accuracy": last.get("accuracy", float("nan"))}  # the last logged batches
+        if eval_pairs and len(trainer.eval_dataset) > 0:
+            ev = trainer.evaluate()
+            out["reward_model/accuracy"] = _pair_accuracy(trainer)
+            out["reward_model/eval_loss"] = float(ev.get("eval_loss", float("nan")))
+            out["reward_model/eval_margin"] = float(ev.get("eval_margin", float("nan")))
+            out["reward_model/num_eval_pairs"] = float(len(trainer.eval_dataset))
+
+        model = trainer.model
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        model.config.pad_token_id = tok.pad_token_id
+        model.save_pretrained(output_dir, safe_serialization=True)
+        tok.save_pretrained(output_dir)
+        shutil.rmtree(output_dir / "trainer", ignore_errors=True)
+        return out  # the caller logs these (the pipeline also caches them)
+
+
+def _pair_accuracy(trainer) -> float:
+    """Share of held-out pairs whose chosen response gets the higher reward, counted pair by pair
+    (TRL's logged eval accuracy is a mean of per-batch means)."""
+    import torch
+
+    model = trainer.model
+    model.eval()
+    wins = []
+    with torch.no_grad():
+        for batch in trainer.get_eval_dataloader():
+            batch = trainer._prepare_inputs(batch)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+            chosen, rejected = logits.float().chunk(2)  # the collator stacks chosen rows, then rejected rows
+            wins.append(trainer.accelerator.gather_for_metrics(chosen > rejected))
+    wins = torch.cat(wins)
+    return float(wins.float().mean())
+
+
+def _seq_cls_lora(lora: dict | None):
+    """LoRA for a sequence-classification model: the new score head is trained in full (PEFT's SEQ_CLS task
+    keeps it in ``modules_to_save``), the backbone through adapters."""
+    if not (lora or {}).get("enabled"):
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.0),
+                      target_modules=lora.get("target_modules", "all-linear"), task_type="SEQ_CLS")

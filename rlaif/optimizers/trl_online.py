@@ -1,0 +1,261 @@
+"""GRPO and RLOO: online policy-gradient training through TRL, with the judge as the reward.
+
+Both sample ``num_generations`` responses per training prompt from the policy as it learns, score
+them with ``ctx.reward`` (the run's judge) and push up the responses that beat their siblings:
+GRPO (Shao et al. 2024) against the group mean, scaled by the group's std, with a KL penalty to the
+reference in the loss; RLOO (Ahmadian et al. 2024) against the mean of the other responses, with a
+sequence-level KL penalty folded into the reward. These classes only translate our config and
+``TrainContext`` into TRL's arguments; they add no algorithm of their own.
+
+The helpers below (log forwarding, counting reward, budget -> steps) are shared by every TRL-based
+optimizer in this package. Unscorable responses (NaN rewards) are left to TRL, which drops them from
+the group baseline and gives them zero advantage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy, trl_reward
+
+log = logging.getLogger(__name__)
+
+
+# -- shared helpers --------------------------------------------------------------------------------
+def log_forwarder(log_fn, last: dict[str, float], what: str, hint: str, prefix: str = "train/", step_offset: int = 0):
+    """A TrainerCallback that forwards TRL's log rows to ``log_fn(row, step=...)`` (keys ``<prefix>...``)
+    and raises NonFiniteLossError when the logged loss is NaN or infinite."""
+    from transformers import TrainerCallback
+
+    class _Forward(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = dict(logs or {})
+            for key in ("loss", "train_loss"):
+                loss = logs.get(key)
+                if isinstance(loss, (int, float)) and not math.isfinite(loss):
+                    raise NonFiniteLossError(f"{what} loss became {loss} at step {state.global_step}; {hint}")
+            row = {f"{prefix}{k}": float(v) for k, v in logs.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            last.update(row)
+            log_fn(row, step=step_offset + state.global_step)
+
+    return _Forward()
+
+
+def completion_lengths(completion_ids, eos_ids: set[int]) -> list[int]:
+    """Sampled tokens per completion: up to and including the first EOS, else all of them.
+
+    TRL passes unpadded ids (GRPO, RLOO) or ids padded only after the EOS (online DPO), so nothing
+    after the first EOS was sampled.
+    """
+    out = []
+    for ids in (completion_ids if completion_ids is not None else []):
+        ids = list(ids.tolist() if hasattr(ids, "tolist") else ids)
+        out.append(next((t + 1 for t, tid in enumerate(ids) if tid in eos_ids), len(ids)))
+    return out
+
+
+class CountingReward:
+    """``ctx.reward`` in TRL's ``reward_funcs`` signature, counting generated tokens (and judge calls when
+    the reward does not count them itself) into ``ctx.counters``."""
+
+    def __init__(self, ctx: TrainContext, tokenizer, model=None):
+        if ctx.reward is None:
+            raise ValueError("this optimizer needs a pointwise reward (ctx.reward): the pipeline builds it from the "
+                             "judge; give the run a judge")
+        self.ctx = ctx
+        self.inner = trl_reward(ctx.reward, ctx.prompts)
+        self.__name__ = self.inner.__name__
+        self.self_counting = isinstance(getattr(ctx.reward, "counters", None), dict)
+        eos = {tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
+        self.eos_ids = {e for e in eos if e is not None}
+        self.completions = 0
+        self.unscorable = 0
+
+    def __call__(self, prompts, completions, completion_ids=None, **kw) -> list[float]:
+        tokens = sum(completion_lengths(completion_ids, self.eos_ids))
+        self.ctx.counters["generated_tokens"] = self.ctx.counters.get("generated_tokens", 0) + tokens
+        out = [float("nan") if v is None else float(v) for v in self.inner(prompts, completions)]
+        if len(out) != len(completions):
+            raise ValueError(f"the reward returned {len(out)} scores for {len(completions)} completions")
+        self.completions += len(out)
+        self.unscorable += sum(not math.isfinite(v) for v in out)
+        if not self.self_counting:
+            self.ctx.counters["judge_calls"] = self.ctx.counters.get("judge_calls", 0) + len(out)
+        return out
+
+
+def budget_max_steps(ctx: TrainContext, per_generation: int, micro_steps_per_generation: int, grad_accum: int,
+                     max_new_tokens: int, what: str) -> int | None:
+    """Optimizer steps that fit ``ctx.budget`` (None when no budget is set).
+
+    A trainer samples ``per_generation`` responses (all processes; each one is scored once by the judge)
+    and trains ``micro_steps_per_generation`` micro-steps on them; an optimizer step is ``grad_accum``
+    micro-steps. A token budget is charged ``max_new_tokens`` per response (the most one can cost).
+    """
+    limits = []
+    if ctx.budget.judge_calls is not None:
+        limits.append(("budget.judge_calls", ctx.budget.judge_calls, per_generation))
+    if ctx.budget.generated_tokens is not None:
+        limits.append(("budget.generated_tokens", ctx.budget.generated_tokens, per_generation * max_new_tokens))
+    if not limits:
+        return None
+    generations = min(int(total // cost) for _, total, cost in limits)
+    steps = generations * micro_steps_per_generation // grad_accum
+    if steps < 1:
+        name, total, cost = min(limits, key=lambda x: x[1] / x[2])
+        raise ValueError(f"{name}={total} does not cover one {what} optimizer step ({cost} per generation batch, "
+                         f"{micro_steps_per_generation} micro-steps per batch, grad_accum={grad_accum}): raise the "
+                         "budget or lower optimizer.batch_size / grad_accum / num_generations")
+    return steps
+
+
+def common_args(opt, seed: int, output_dir: Path, max_steps: int | None = None) -> dict[str, Any]:
+    """TrainingArguments shared by every TRL trainer we wrap (``opt`` holds our config keys)."""
+    return dict(
+        output_dir=str(output_dir / "trainer"), learning_rate=opt.learning_rate,
+        num_train_epochs=opt.epochs, max_steps=max_steps if max_steps is not None else -1,
+        per_device_train_batch_size=opt.batch_size, gradient_accumulation_steps=opt.grad_accum,
+        warmup_steps=opt.warmup_ratio, lr_scheduler_type=opt.lr_scheduler, max_grad_norm=opt.max_grad_norm,
+        logging_steps=opt.logging_steps, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
+        bf16=opt.dtype == "bfloat16" or opt.mixed_precision == "bf16", fp16=False,
+        gradient_checkpointing=opt.gradient_checkpointing, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def finish(trainer, tokenizer, output_dir: Path, last: dict[str, float], ctx: TrainContext,
+           reward: CountingReward | None = None) -> dict[str, float]:
+    """Save the trained policy (LoRA merged), drop the trainer's scratch folder, return the final metrics."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_policy(trainer.model, tokenizer, output_dir)
+    shutil.rmtree(output_dir / "trainer", ignore_errors=True)
+    out = dict(last)
+    out["train/global_step"] = float(trainer.state.global_step)
+    out["train/generated_tokens"] = float(ctx.counters.get("generated_tokens", 0))
+    if reward is not None:
+        out["train/completions_scored"] = float(reward.completions)
+        out["train/unscorable"] = float(reward.unscorable)
+    return out
+
+
+class _OnlineBase:
+    """Config shared by GRPO and RLOO (group sampling, clipping, KL to the reference)."""
+
+    name = "online"
+    needs_pairs = False
+    needs_reward = True
+
+    def __init__(self, learning_rate: float = 1e-6, num_generations: int = 4, batch_size: int = 8,
+                 grad_accum: int = 1, epochs: float = 1, max_steps: int | None = None, beta: float = 0.04,
+                 epsilon: float = 0.2, num_iterations: int = 1, temperature: float | None = None,
+                 max_new_tokens: int | None = None, lr_scheduler: str = "linear", warmup_ratio: float = 0.0,
+                 max_grad_norm: float = 1.0, mask_truncated_completions: bool = False,
+                 gradient_checkpointing: bool = False, dtype: str = "float32", mixed_precision: str = "no",
+                 lora: dict | None = None, logging_steps: int = 1, reward_source: str = "judge",
+                 reward_reference: str | None = None, **_unused):
+        if num_generations < 2:
+            raise ValueError(f"optimizer.num_generations={num_generations}: a group needs at least 2 responses")
+        if (batch_size * grad_accum) % num_generations:
+            raise ValueError(f"optimizer.batch_size * grad_accum ({batch_size} * {grad_accum}) must be a multiple of "
+                             f"num_generations ({num_generations}): each generation batch holds whole groups")
+        self.learning_rate, self.num_generations, self.batch_size = learning_rate, num_generations, batch_size
+        self.grad_accum, self.epochs, self.max_steps = grad_accum, epochs, max_steps
+        self.beta, self.epsilon, self.num_iterations = beta, epsilon, num_iterations
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        self.lr_scheduler, self.warmup_ratio, self.max_grad_norm = lr_scheduler, warmup_ratio, max_grad_norm
+        self.mask_truncated_completions = mask_truncated_completions
+        self.gradient_checkpointing, self.dtype, self.mixed_precision = gradient_checkpointing, dtype, mixed_precision
+        self.lora = dict(lora or {})
+        self.logging_steps = logging_steps
+
+    # what the subclass adds
+    def _trainer_classes(self):
+        raise NotImplementedError
+
+    def _extra_args(self) -> dict[str, Any]:
+        return {}
+
+    def train(self, ctx: TrainContext) -> dict[str, float]:
+        """Sample, score with ``ctx.reward``, update; save the policy to ``ctx.output_dir``."""
+        from datasets import Dataset
+
+        from rlaif.models import load_causal_lm, load_tokenizer
+
+        config_cls, trainer_cls = self._trainer_classes()
+        output_dir = Path(ctx.output_dir)
+        max_new = self.max_new_tokens or ctx.max_new_tokens
+        tok = load_tokenizer(ctx.policy_path, ctx.trust_remote_code)
+        model = load_causal_lm(ctx.policy_path, self.dtype, ctx.trust_remote_code)
+        reward = CountingReward(ctx, tok, model)
+        args = config_cls(
+            **common_args(self, ctx.seed, output_dir, self.max_steps), disable_dropout=True,
+            num_generations=self.num_generations, max_completion_length=max_new,
+            temperature=self.temperature if self.temperature is not None else ctx.temperature, top_p=ctx.top_p,
+            beta=self.beta, epsilon=self.epsilon, num_iterations=self.num_iterations,
+            mask_truncated_completions=self.mask_truncated_completions, use_vllm=False,
+            trust_remote_code=ctx.trust_remote_code, log_completions=False, **self._extra_args(),
+        )
+        # One generation samples generation_batch_size responses (all processes) and feeds
+        # steps_per_generation * num_iterations micro-steps; an optimizer step is grad_accum micro-steps.
+        group_prompts = args.generation_batch_size // self.num_generations
+        if len(ctx.prompts) < group_prompts:
+            raise ValueError(f"{self.name} samples {group_prompts} prompts per generation batch but got "
+                             f"{len(ctx.prompts)} training prompts: add prompts or lower optimizer.batch_size")
+        steps = budget_max_steps(ctx, args.generation_batch_size, args.steps_per_generation * self.num_iterations,
+                                 args.gradient_accumulation_steps, max_new, self.name)
+        if steps is not None:
+            args.max_steps = steps
+            log.info("%s: the budget allows %d optimizer steps", self.name, steps)
+        data = Dataset.from_list([{"prompt": p.messages} for p in ctx.prompts])
+        last: dict[str, float] = {}
+        fwd = log_forwarder(ctx.log, last, self.name.upper(),
+                            "lower optimizer.learning_rate or check the reward for extreme values")
+        trainer = trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=data,
+                              processing_class=tok, peft_config=lora_config(self.lora), callbacks=[fwd])
+        trainer.train()
+        return finish(trainer, tok, output_dir, last, ctx, reward)
+
+
+class GRPOOptimizer(_OnlineBase):
+    """Group Relative Policy Optimization (Shao et al. 2024) through TRL's GRPOTrainer."""
+
+    name = "grpo"
+
+    def __init__(self, loss_type: str = "dapo", scale_rewards: str = "group", **kw):
+        super().__init__(**kw)
+        self.loss_type, self.scale_rewards = loss_type, scale_rewards
+
+    def _trainer_classes(self):
+        from trl import GRPOConfig, GRPOTrainer
+
+        return GRPOConfig, GRPOTrainer
+
+    def _extra_args(self):
+        return {"loss_type": self.loss_type, "scale_rewards": self.scale_rewards}
+
+
+class RLOOOptimizer(_OnlineBase):
+    """REINFORCE Leave-One-Out (Ahmadian et al. 2024) through TRL's RLOOTrainer."""
+
+    name = "rloo"
+
+    def __init__(self, beta: float = 0.05, normalize_advantages: bool = False, **kw):
+        super().__init__(beta=beta, **kw)
+        self.normalize_advantages = normalize_advantages
+
+    def _trainer_classes(self):
+        from trl import RLOOConfig, RLOOTrainer
+
+        return RLOOConfig, RLOOTrainer
+
+    def _extra_args(self):
+        return {"normalize_advantages": self.normalize_advantages}

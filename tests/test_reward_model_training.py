@@ -1,0 +1,116 @@
+"""A reward model trained on preference pairs (distilled RLAIF) saves a folder that RewardModelJudge
+loads and scores with, and reports held-out pair accuracy the way the judge would measure it."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from omegaconf import OmegaConf
+from transformers import AutoConfig, AutoTokenizer
+
+from rlaif.config import conf_dir
+from rlaif.criteria import load_criterion
+from rlaif.judges.reward_model import RewardModelJudge
+from rlaif.optimizers.reward_model import RewardModelTrainer
+from rlaif.types import PreferencePair, Prompt
+
+POSITIVE = ["wonderful, moving and beautifully acted", "a great night at the cinema", "the cast and the score are great"]
+NEGATIVE = ["dull, boring and terrible", "awful pacing and weak writing", "a boring movie with awful pacing"]
+
+
+def make_pairs(n_prompts: int, per_prompt: int = 1, seed: int = 0) -> list[PreferencePair]:
+    """Sentiment pairs: the praising continuation is chosen (a preference the tiny model can learn)."""
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n_prompts):
+        chat = [{"role": "user", "content": f"Continue this movie review: the film {i} was"}]
+        for j in range(per_prompt):
+            pairs.append(PreferencePair(
+                prompt=chat, chosen=[{"role": "assistant", "content": rng.choice(POSITIVE)}],
+                rejected=[{"role": "assistant", "content": rng.choice(NEGATIVE)}], prompt_id=f"p{i}",
+                chosen_index=2 * j, rejected_index=2 * j + 1, chosen_score=1.0, rejected_score=0.0, margin=1.0,
+                judge="test", criterion="positive_sentiment"))
+    return pairs
+
+
+class RecordingTracker:
+    """The tracker protocol's ``log``, keeping rows in memory."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def log(self, metrics, step=None):
+        self.rows.append(dict(metrics))
+
+
+def as_prompt(pair: PreferencePair) -> Prompt:
+    return Prompt(id=pair.prompt_id, text=pair.prompt[-1]["content"], messages=pair.prompt, split="eval")
+
+
+def test_reward_model_trains_saves_and_scores_through_the_judge(tiny_model, tmp_path):
+    pairs = make_pairs(40)
+    tracker = RecordingTracker()
+    trainer = RewardModelTrainer(learning_rate=1e-3, epochs=2, batch_size=6, eval_fraction=0.2)  # eval batches 6 + 2
+    out = trainer.train(tiny_model, pairs, tmp_path / "rm", seed=0, tracker=tracker)
+
+    assert out["reward_model/num_train_pairs"] == 32 and out["reward_model/num_eval_pairs"] == 8
+    assert math.isfinite(out["reward_model/loss"]) and out["reward_model/accuracy"] >= 0.75
+    logged = {k for row in tracker.rows for k in row}
+    assert {"reward_model/train/loss", "reward_model/train/accuracy", "reward_model/eval/accuracy",
+            "reward_model/eval/loss", "reward_model/step"} <= logged
+
+    assert AutoConfig.from_pretrained(tmp_path / "rm").num_labels == 1
+    assert (tmp_path / "rm" / "model.safetensors").exists() and not (tmp_path / "rm" / "trainer").exists()
+
+    judge = RewardModelJudge(load_criterion("positive_sentiment"), model=str(tmp_path / "rm"), dtype="float32")
+    _, held_out = trainer.split(pairs, 0, 0.2)
+    chosen = judge.score([as_prompt(p) for p in held_out], [p.chosen[0]["content"] for p in held_out])
+    rejected = judge.score([as_prompt(p) for p in held_out], [p.rejected[0]["content"] for p in held_out])
+    assert all(s is not None and math.isfinite(s) for s in chosen + rejected)
+    judge_accuracy = sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(held_out)
+    # the judge feeds the model the very tokens RewardTrainer trained on (TRL tokenizes prompt + chosen
+    # with the chat template), and the accuracy is counted pair by pair
+    tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    pair = held_out[0]
+    trained_ids = tok.apply_chat_template(pair.prompt + pair.chosen, tokenize=True, return_dict=True)["input_ids"]
+    assert judge.encode(as_prompt(pair), pair.chosen[0]["content"]) == list(trained_ids)
+    assert judge_accuracy == pytest.approx(out["reward_model/accuracy"])
+
+
+def test_held_out_split_is_seeded_and_by_prompt():
+    trainer = RewardModelTrainer(min_eval_pairs=2)
+    pairs = make_pairs(20, per_prompt=2)
+    train, held = trainer.split(pairs, 3, 0.25)
+    assert (train, held) == trainer.split(pairs, 3, 0.25)
+    assert held != trainer.split(pairs, 4, 0.25)[1]
+    assert len(held) == 10 and len(train) == 30
+    assert not {p.prompt_id for p in train} & {p.prompt_id for p in held}
+    # too few pairs to hold any out: train on everything, no held-out accuracy
+    assert trainer.split(make_pairs(3), 0, 0.1) == (make_pairs(3), [])
+
+
+def test_lora_reward_model_is_merged_and_loads(tiny_model, tmp_path):
+    trainer = RewardModelTrainer(learning_rate=1e-2, batch_size=8, eval_fraction=0.0,
+                                 lora={"enabled": True, "r": 4, "alpha": 8})
+    out = trainer.train(tiny_model, make_pairs(8), tmp_path / "rm", seed=0)
+    assert "reward_model/accuracy" not in out and math.isfinite(out["reward_model/train_accuracy"])
+    assert not (tmp_path / "rm" / "adapter_config.json").exists()
+    judge = RewardModelJudge(load_criterion("positive_sentiment"), model=str(tmp_path / "rm"), dtype="float32")
+    pair = make_pairs(1)[0]
+    assert all(math.isfinite(s) for s in judge.score([as_prompt(pair)] * 2, ["great", "awful"]))
+
+
+def test_no_pairs_is_an_error(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="no preference pairs"):
+        RewardModelTrainer().train(tiny_model, [], tmp_path / "rm", seed=0)
+
+
+def test_config_keys_reach_the_trainer():
+    cfg = OmegaConf.to_container(OmegaConf.load(conf_dir() / "reward_model" / "default.yaml"))
+    assert cfg["_target_"] == "rlaif.optimizers.reward_model.RewardModelTrainer"
+    trainer = RewardModelTrainer(**{k: v for k, v in cfg.items() if k != "_target_"})
+    for key, value in cfg.items():
+        if key not in {"_target_", "judge_dtype", "judge_batch_size"}:  # the last two are read by the pipeline
+            assert getattr(trainer, key) == value, f"reward_model.{key} is not used"

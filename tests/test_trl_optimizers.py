@@ -1,0 +1,186 @@
+"""GRPO, RLOO and online DPO train the tiny model against a real reward function through TRL.
+
+The reward is a plain Python function of the text (the share of the letter "e"), standing in for a
+judge; some tests make it unscorable (NaN) for one response per group, as a judge can be.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rlaif.config import conf_dir
+from rlaif.optimizers.base import Budget, TrainContext
+from rlaif.optimizers.online_dpo import OnlineDPOOptimizer
+from rlaif.optimizers.trl_online import GRPOOptimizer, RLOOOptimizer, budget_max_steps, completion_lengths
+from rlaif.types import Prompt
+
+MAX_NEW = 8
+
+
+def letter_share(prompts: list[Prompt], completions: list[str]) -> list[float]:
+    """Reward: the fraction of the response's characters that are "e" (0 for an empty response)."""
+    assert all(isinstance(c, str) for c in completions)
+    assert all(isinstance(p, Prompt) and p.id.startswith("p") for p in prompts), "prompts map back to ctx.prompts"
+    return [c.count("e") / len(c) if c else 0.0 for c in completions]
+
+
+class SometimesUnscorable:
+    """``letter_share``, but NaN for the first response of every group of ``every`` (an unscorable item)."""
+
+    def __init__(self, every: int):
+        self.every, self.nans = every, 0
+
+    def __call__(self, prompts, completions):
+        out = letter_share(prompts, completions)
+        for i in range(0, len(out), self.every):
+            out[i] = float("nan")
+            self.nans += 1
+        return out
+
+
+def make_prompts(n: int = 4) -> list[Prompt]:
+    return [Prompt(id=f"p{i}", text=f"opening {i}", split="train",
+                   messages=[{"role": "user", "content": f"Continue this movie review: the film {i} was"}])
+            for i in range(n)]
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def check_saved_policy(out_dir: Path, start: dict[str, torch.Tensor]) -> None:
+    from transformers import AutoTokenizer
+
+    assert (out_dir / "model.safetensors").exists() and (out_dir / "config.json").exists()
+    assert not (out_dir / "adapter_config.json").exists(), "LoRA must be merged into a plain model"
+    assert not (out_dir / "trainer").exists()
+    after = weights(out_dir)
+    assert after.keys() == start.keys()
+    assert any(not torch.equal(after[k], start[k]) for k in start), "training changed no parameter"
+    assert AutoTokenizer.from_pretrained(out_dir).chat_template
+
+
+def ctx_for(tiny_model, tmp_path, reward, budget: Budget | None = None, name="out") -> TrainContext:
+    return TrainContext(policy_path=tiny_model, output_dir=tmp_path / name, seed=0, prompts=make_prompts(),
+                        reward=reward, max_new_tokens=MAX_NEW, temperature=1.0, budget=budget or Budget())
+
+
+def loss_rows(ctx: TrainContext) -> list[dict]:
+    return [r for r in ctx.history if "train/loss" in r]
+
+
+# -- GRPO / RLOO ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [GRPOOptimizer, RLOOOptimizer])
+def test_group_optimizer_trains_within_a_judge_call_budget(cls, tiny_model, tmp_path):
+    # 8 responses per step (2 prompts x 4), a budget of 16 judge calls -> exactly 2 optimizer steps
+    reward = SometimesUnscorable(every=4)  # one unscorable response in every group of 4
+    ctx = ctx_for(tiny_model, tmp_path, reward, Budget(judge_calls=16))
+    start = weights(tiny_model)
+    out = cls(learning_rate=1e-2, num_generations=4, batch_size=8, max_steps=50).train(ctx)
+
+    assert out["train/global_step"] == 2
+    assert ctx.counters["judge_calls"] == 16 and out["train/completions_scored"] == 16
+    assert out["train/unscorable"] == reward.nans == 4
+    assert 16 <= ctx.counters["generated_tokens"] <= 16 * MAX_NEW
+    rows = loss_rows(ctx)
+    assert [r["train/step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["train/loss"]) for r in rows)
+    assert any(r["train/grad_norm"] > 0 for r in rows), "NaN rewards must not wipe out the learning signal"
+    assert any(k.startswith("train/reward") for k in rows[0])
+    check_saved_policy(ctx.output_dir, start)
+
+
+def test_grpo_with_lora_saves_a_merged_plain_model(tiny_model, tmp_path):
+    ctx = ctx_for(tiny_model, tmp_path, letter_share, Budget(judge_calls=8))
+    start = weights(tiny_model)
+    out = GRPOOptimizer(learning_rate=5e-2, num_generations=4, batch_size=8, beta=0.04,
+                        lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": "all-linear"}).train(ctx)
+    assert out["train/global_step"] == 1
+    check_saved_policy(ctx.output_dir, start)
+
+
+def test_group_optimizer_rejects_batches_of_partial_groups():
+    with pytest.raises(ValueError, match="multiple of num_generations"):
+        GRPOOptimizer(num_generations=4, batch_size=6)
+    with pytest.raises(ValueError, match="at least 2"):
+        RLOOOptimizer(num_generations=1, batch_size=4)
+
+
+def test_group_optimizer_needs_enough_prompts_for_a_generation_batch(tiny_model, tmp_path):
+    ctx = ctx_for(tiny_model, tmp_path, letter_share)
+    with pytest.raises(ValueError, match="prompts per generation batch"):
+        GRPOOptimizer(num_generations=2, batch_size=16).train(ctx)  # 8 prompts per batch, 4 given
+
+
+# -- online DPO -------------------------------------------------------------------------------------
+def test_online_dpo_trains_within_a_judge_call_budget(tiny_model, tmp_path):
+    # 2 prompts x 2 responses = 4 judge calls per step; 8 calls -> 2 steps
+    reward = SometimesUnscorable(every=4)
+    ctx = ctx_for(tiny_model, tmp_path, reward, Budget(judge_calls=8))
+    start = weights(tiny_model)
+    out = OnlineDPOOptimizer(learning_rate=1e-2, batch_size=2, beta=0.1).train(ctx)
+
+    assert out["train/global_step"] == 2
+    assert ctx.counters["judge_calls"] == 8
+    assert out["train/unscorable_pairs"] == 2  # one pair per step held an unscorable response
+    rows = loss_rows(ctx)
+    assert [r["train/step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["train/loss"]) for r in rows)
+    assert "train/objective/scores_margin" in rows[0] and "train/rewards/margins" in rows[0]
+    check_saved_policy(ctx.output_dir, start)
+
+
+def test_online_dpo_rejects_unknown_loss():
+    with pytest.raises(ValueError, match="sigmoid or ipo"):
+        OnlineDPOOptimizer(loss_type="hinge")
+
+
+def test_online_optimizers_need_a_reward(tiny_model, tmp_path):
+    ctx = ctx_for(tiny_model, tmp_path, None)
+    with pytest.raises(ValueError, match="pointwise reward"):
+        OnlineDPOOptimizer(batch_size=2).train(ctx)
+
+
+# -- budgets and counting ---------------------------------------------------------------------------
+def test_budget_to_steps():
+    def ctx(**b):
+        return TrainContext(policy_path="", output_dir=Path(), seed=0, prompts=[], budget=Budget(**b))
+
+    assert budget_max_steps(ctx(), 8, 1, 1, 32, "x") is None
+    assert budget_max_steps(ctx(judge_calls=17), 8, 1, 1, 32, "x") == 2
+    # one generation batch feeds 2 micro-steps per optimizer step x 3 passes (num_iterations)
+    assert budget_max_steps(ctx(judge_calls=16), 8, 2 * 3, 2, 32, "x") == 6
+    # online DPO: one generation per micro-step, 2 micro-steps per optimizer step
+    assert budget_max_steps(ctx(judge_calls=16), 4, 1, 2, 32, "x") == 2
+    assert budget_max_steps(ctx(generated_tokens=8 * 32 * 3), 8, 1, 1, 32, "x") == 3
+    with pytest.raises(ValueError, match="budget.judge_calls=7 does not cover one"):
+        budget_max_steps(ctx(judge_calls=7), 8, 1, 1, 32, "x")
+
+
+def test_completion_lengths_stop_at_the_first_eos():
+    assert completion_lengths([[5, 6, 2, 0, 0], [5, 6, 7], [2]], {2}) == [3, 3, 1]
+    assert completion_lengths(torch.tensor([[5, 2, 2]]), {2}) == [2]
+
+
+# -- configs ----------------------------------------------------------------------------------------
+PIPELINE_KEYS = {"_target_", "name", "reward_source", "reward_reference"}  # read by the pipeline, not the optimizer
+
+
+@pytest.mark.parametrize(("option", "cls"), [("grpo", GRPOOptimizer), ("rloo", RLOOOptimizer),
+                                             ("online_dpo", OnlineDPOOptimizer)])
+def test_config_keys_reach_the_optimizer(option, cls):
+    cfg = OmegaConf.to_container(OmegaConf.load(conf_dir() / "optimizer" / f"{option}.yaml"))
+    assert cfg["_target_"] == f"rlaif.optimizers.{cls.__name__}" and cfg["name"] == cls.name == option
+    opt = cls(**{k: v for k, v in cfg.items() if k != "_target_"})
+    for key, value in cfg.items():
+        if key not in PIPELINE_KEYS:
+            assert getattr(opt, key) == value, f"optimizer.{key} is not used"
+    assert opt.needs_reward and not opt.needs_pairs
