@@ -133,3 +133,40 @@ def test_budget_values_are_checked(base):
         validate(compose_config(base + ["budget.judge_calls=-3"]))
     with pytest.raises(ConfigError, match="set judge_calls or generated_tokens, not both"):
         validate(compose_config(base + ["budget.judge_calls=10", "budget.generated_tokens=10"]))
+
+
+TINY = {
+    "grpo": ["optimizer.max_steps=1", "optimizer.batch_size=6", "optimizer.num_generations=3"],
+    "rloo": ["optimizer.max_steps=1", "optimizer.batch_size=6", "optimizer.num_generations=3"],
+    "online_dpo": ["optimizer.max_steps=1", "optimizer.batch_size=3"],
+    "cai_sft": ["optimizer.epochs=1", "optimizer.batch_size=4", "optimizer.critique_max_new_tokens=6"],
+    "ppo": ["optimizer.total_episodes=12", "optimizer.rollout_batch_size=6", "optimizer.ppo_epochs=1",
+            "optimizer.num_minibatches=1"],
+}
+
+
+@pytest.mark.parametrize("optimizer", list(TINY))
+def test_every_optimizer_trains_inside_the_pipeline(optimizer, base, tiny_model, tmp_path):
+    cfg = compose_config(base + [f"optimizer={optimizer}", "optimizer.learning_rate=1e-3", *TINY[optimizer]]
+                         + (["criteria=constitution"] if optimizer == "cai_sft" else []))
+    out = tmp_path / "run"
+    s = run(cfg, output_dir=out)
+    before, after = _weights(Path(tiny_model)), _weights(out / "policy")
+    assert any((before[k] - after[k]).abs().max() > 0 for k in before), "the policy did not change"
+    rows = [json.loads(line) for line in (out / "train_history.jsonl").read_text().splitlines()]
+    assert rows and all("train/step" in r for r in rows)
+    assert s["train/generated_tokens"] > 0
+    if optimizer != "cai_sft":  # online methods call the judge on their own samples
+        assert s["train/judge_calls"] > 0
+    assert math.isfinite(s["eval/kl"])
+
+
+def test_distilled_rlaif_trains_a_reward_model_on_the_judges_pairs(base, tiny_model, tmp_path):
+    cfg = compose_config(base + ["optimizer=grpo", "optimizer.learning_rate=1e-3", *TINY["grpo"],
+                                 "optimizer.reward_source=reward_model", "reward_model.epochs=1",
+                                 "reward_model.batch_size=4", "reward_model.eval_fraction=0"])
+    out = tmp_path / "run"
+    s = run(cfg, output_dir=out)
+    assert "reward_model/loss" in s or any(k.startswith("reward_model/") for k in s)
+    assert s["train/judge_calls"] > 0  # the reward model, not the judge, scored the online samples
+    assert "time/reward_model_s" in s

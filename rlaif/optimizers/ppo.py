@@ -1,0 +1,683 @@
+"""PPO with the judge as reward, written on transformers + accelerate.
+
+TRL 1.16 removed ``PPOTrainer`` and the value-head models, so this module is the project's own
+PPO, following Ziegler et al. 2019 and the checklist of Huang et al. 2024 ("The N Implementation
+Details of RLHF with PPO"). One iteration:
+
+1. take ``rollout_batch_size`` prompts (cycling through ``ctx.prompts`` in a seeded shuffled
+   order) and sample one response each from the current policy; responses stop at EOS or
+   ``ctx.max_new_tokens``;
+2. score the decoded responses with ``ctx.reward`` (NaN = the judge could not score: the episode
+   is left out of the loss and counted); optionally normalise and clip the scores; replace the
+   score of responses that never produced EOS by ``missing_eos_penalty``;
+3. per-token rewards ``-kl_coef * (logp - logp_ref)`` with the score added at the last token;
+   GAE advantages (whitened) and value targets;
+4. ``ppo_epochs`` passes over shuffled minibatches with the clipped surrogate and the clipped
+   value loss; then the KL controller sees the batch's KL.
+
+The math lives in ``ppo_math`` (tested against hand-worked numbers); this module moves tensors,
+models and checkpoints around it. Checkpoints are written atomically, a run resumes from the
+newest one, and a non-finite loss, KL or weight stops training with ``NonFiniteLossError``
+before anything overwrites the last good checkpoint. Every iteration re-seeds from
+``(seed, iteration)`` so that a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from rlaif.optimizers import ppo_math as pm
+from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy
+from rlaif.scoring import chat_prefix_ids, left_pad
+from rlaif.types import Prompt
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "ppo-iter-"
+VALUE_MODELS = ("separate", "shared")
+REWARD_NORMS = ("none", "running")
+
+# Every key logged each iteration (tests check them; dashboards can rely on them).
+METRICS = ("train/reward", "train/reward_normalized", "train/score_with_penalty", "train/kl", "train/non_score_reward",
+           "train/entropy", "train/policy_clipfrac", "train/value_clipfrac", "train/policy_loss", "train/value_loss",
+           "train/loss", "train/approx_kl", "train/explained_variance", "train/kl_coef", "train/no_eos_rate",
+           "train/unscorable", "train/response_length", "train/episodes", "train/lr", "train/iteration")
+
+
+class PPOOptimizer:
+    """Online PPO against ``ctx.reward``; see the module docstring and ``conf/optimizer/ppo.yaml``."""
+
+    name = "ppo"
+    needs_pairs = False
+    needs_reward = True
+
+    def __init__(self, learning_rate: float = 1e-5, value_learning_rate: float | None = None,
+                 total_episodes: int = 1024, rollout_batch_size: int = 32, ppo_epochs: int = 4,
+                 num_minibatches: int = 4, mini_batch_size: int | None = None, grad_accum: int = 1,
+                 forward_batch_size: int = 16, gamma: float = 1.0, lam: float = 0.95, cliprange: float = 0.2,
+                 cliprange_value: float = 0.2, vf_coef: float = 0.1, kl_coef: float = 0.05,
+                 target_kl: float | None = None, kl_horizon: float = 10000, whiten_advantages: bool = True,
+                 reward_norm: str = "running", reward_clip: float | None = None,
+                 missing_eos_penalty: float | None = None, value_model: str = "separate",
+                 max_grad_norm: float | None = 1.0, adam_eps: float = 1e-5, weight_decay: float = 0.0,
+                 dtype: str = "float32", mixed_precision: str = "no", lora: dict | None = None,
+                 save_every: int | None = 10, keep_checkpoints: int = 2, logging_steps: int = 1,
+                 progress_bar: bool = True, **_unused):
+        self.learning_rate, self.value_learning_rate = learning_rate, value_learning_rate
+        self.total_episodes, self.rollout_batch_size = total_episodes, rollout_batch_size
+        self.ppo_epochs, self.num_minibatches, self.mini_batch_size = ppo_epochs, num_minibatches, mini_batch_size
+        self.grad_accum, self.forward_batch_size = grad_accum, forward_batch_size
+        self.gamma, self.lam, self.cliprange, self.cliprange_value = gamma, lam, cliprange, cliprange_value
+        self.vf_coef, self.kl_coef, self.target_kl, self.kl_horizon = vf_coef, kl_coef, target_kl, kl_horizon
+        self.whiten_advantages, self.reward_norm, self.reward_clip = whiten_advantages, reward_norm, reward_clip
+        self.missing_eos_penalty, self.value_model = missing_eos_penalty, value_model
+        self.max_grad_norm, self.adam_eps, self.weight_decay = max_grad_norm, adam_eps, weight_decay
+        self.dtype, self.mixed_precision = dtype, mixed_precision
+        self.lora = _plain(lora or {})  # Hydra hands over a DictConfig; checkpoints store it as JSON
+        self.save_every, self.keep_checkpoints = save_every, keep_checkpoints
+        self.logging_steps, self.progress_bar = logging_steps, progress_bar
+        self._validate()
+
+    def _validate(self) -> None:
+        """Fail at construction (before any model loads) with a message naming the key to change."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"optimizer (ppo): {msg}")
+
+        need(self.value_model in VALUE_MODELS, f"value_model must be one of {VALUE_MODELS}, got {self.value_model!r}")
+        need(self.reward_norm in REWARD_NORMS, f"reward_norm must be one of {REWARD_NORMS}, got {self.reward_norm!r}")
+        need(self.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        for key in ("learning_rate", "total_episodes", "rollout_batch_size", "ppo_epochs", "num_minibatches",
+                    "grad_accum", "forward_batch_size", "kl_horizon", "keep_checkpoints", "logging_steps"):
+            need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
+        need(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"gamma and lam must lie in [0, 1], got {self.gamma}, {self.lam}")
+        need(self.cliprange > 0 and self.cliprange_value > 0, "cliprange and cliprange_value must be > 0")
+        need(self.vf_coef >= 0 and self.kl_coef >= 0, "vf_coef and kl_coef must be >= 0")
+        need(self.target_kl is None or self.target_kl > 0, f"target_kl must be null or > 0, got {self.target_kl}")
+        need(self.reward_clip is None or self.reward_clip > 0, f"reward_clip must be null or > 0, got {self.reward_clip}")
+        need(self.value_learning_rate is None or self.value_learning_rate > 0, "value_learning_rate must be null or > 0")
+        need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be null or > 0")
+        if self.mini_batch_size is None:
+            need(self.rollout_batch_size % self.num_minibatches == 0,
+                 f"rollout_batch_size ({self.rollout_batch_size}) must split into num_minibatches="
+                 f"{self.num_minibatches} equal minibatches")
+        mb = self.mini_batch_size or self.rollout_batch_size // self.num_minibatches
+        need(mb > 0 and self.rollout_batch_size % mb == 0,
+             f"rollout_batch_size ({self.rollout_batch_size}) must split into whole minibatches "
+             f"(num_minibatches={self.num_minibatches}, mini_batch_size={self.mini_batch_size})")
+        need(mb % self.grad_accum == 0, f"the minibatch ({mb} episodes) must split into grad_accum={self.grad_accum} "
+                                        "equal micro-batches")
+
+    def train(self, ctx: TrainContext) -> dict[str, float]:
+        """Train against ``ctx.reward``, save the policy to ``ctx.output_dir``, return final ``train/`` metrics."""
+        return _PPORun(self, ctx).run()
+
+
+class ActorCritic(nn.Module):
+    """The policy and its value function as one module, so accelerate prepares (and DDP syncs) both.
+
+    ``value_trunk`` is None for ``value_model: shared``: the value head then reads the policy's
+    last hidden states. Otherwise it is a separate copy of the starting trunk.
+    """
+
+    def __init__(self, policy: nn.Module, value_head: nn.Linear, value_trunk: nn.Module | None = None):
+        super().__init__()
+        self.policy, self.value_head, self.value_trunk = policy, value_head, value_trunk
+
+    def forward(self, input_ids, attention_mask, position_ids, response_len: int):
+        """Logits predicting each of the last ``response_len`` tokens, and V of the state before each."""
+        keep = response_len + 1
+        shared = self.value_trunk is None
+        out = _lm_forward(self.policy, input_ids, attention_mask, position_ids, keep, hidden=shared)
+        logits = out.logits[:, -keep:-1]
+        if shared:
+            hidden = out.hidden_states[-1][:, -keep:-1]
+        else:
+            hidden = self.value_trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                      use_cache=False).last_hidden_state[:, -keep:-1]
+        with torch.autocast(device_type=hidden.device.type, enabled=False):  # the head stays float32
+            values = self.value_head(hidden.float()).squeeze(-1)
+        return logits, values
+
+
+def _lm_forward(model, input_ids, attention_mask, position_ids, keep: int, hidden: bool = False):
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    if hidden:
+        kwargs["output_hidden_states"] = True
+    try:
+        return model(**kwargs, logits_to_keep=keep)
+    except TypeError:  # architectures without logits_to_keep compute every position
+        return model(**kwargs)
+
+
+@dataclass
+class Rollout:
+    """One iteration's episodes on this process. ``(b, R)`` tensors cover response tokens only."""
+
+    input_ids: torch.Tensor  # (b, Q + R) left-padded prompt, then right-padded response
+    attention_mask: torch.Tensor  # (b, Q + R)
+    position_ids: torch.Tensor  # (b, Q + R)
+    responses: torch.Tensor  # (b, R) response token ids (pad after EOS)
+    response_mask: torch.Tensor  # (b, R) float, 1 on response tokens (EOS included)
+    logprobs: torch.Tensor  # (b, R) log p of the sampled tokens under the sampling policy
+    ref_logprobs: torch.Tensor  # (b, R) ... under the frozen reference
+    values: torch.Tensor  # (b, R) V before each token
+    entropy: torch.Tensor  # (b, R) entropy of the sampling distribution
+    finished: torch.Tensor  # (b,) bool: EOS produced within max_new_tokens
+    lengths: torch.Tensor  # (b,) response tokens, EOS included
+    texts: list[str]
+
+
+def _plain(x):
+    """A config value (possibly an OmegaConf container) as plain dicts, lists and scalars."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, Sequence) and not isinstance(x, str):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _mix(*parts: int) -> int:
+    """A seed from several integers (seed, iteration, ...), stable across runs and machines."""
+    h = 0
+    for p in parts:
+        h = (h * 1_000_003 + int(p)) % (2**63 - 1)
+    return h
+
+
+def _hidden_size(config) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("hidden_size", "n_embd", "d_model"):
+        if getattr(text, key, None):
+            return int(getattr(text, key))
+    raise ValueError(f"cannot find the hidden size in {type(config).__name__}; a value head needs it")
+
+
+class _PPORun:
+    """State of one ``train`` call: models, optimizer, controllers, counters, checkpoints."""
+
+    def __init__(self, opt: PPOOptimizer, ctx: TrainContext):
+        self.opt, self.ctx = opt, ctx
+        if ctx.reward is None:
+            raise ValueError("PPO needs ctx.reward (the judge as a pointwise reward)")
+        if not ctx.prompts:
+            raise ValueError("PPO got no training prompts")
+        if ctx.temperature <= 0:
+            raise ValueError(f"PPO samples its rollouts: the generator's temperature must be > 0, got {ctx.temperature}")
+        self.B = opt.rollout_batch_size
+        self.worst_tokens = self.B * ctx.max_new_tokens  # most tokens one iteration can sample
+        self.planned = self._planned_iterations()
+        self.ckpt_dir = Path(ctx.checkpoint_dir) if ctx.checkpoint_dir is not None else None
+        self._orders: dict[int, list[int]] = {}
+
+    # ------------------------------------------------------------------ schedule
+    def _planned_iterations(self) -> int | None:
+        """Iterations this run may take; None when only a token budget limits it (known as it goes)."""
+        budget, B = self.ctx.budget, self.B
+        if budget.judge_calls is None and budget.generated_tokens is None:
+            return math.ceil(self.opt.total_episodes / B)
+        if budget.judge_calls is not None and budget.judge_calls < B:
+            raise ValueError(f"budget.judge_calls={budget.judge_calls} cannot pay for one PPO iteration "
+                             f"({B} responses scored): lower optimizer.rollout_batch_size")
+        if budget.generated_tokens is not None and budget.generated_tokens < self.worst_tokens:
+            raise ValueError(f"budget.generated_tokens={budget.generated_tokens} cannot pay for one PPO iteration "
+                             f"(up to {B} x {self.ctx.max_new_tokens} tokens): lower optimizer.rollout_batch_size")
+        return budget.judge_calls // B if budget.judge_calls is not None else None
+
+    def _budget_allows_next(self) -> bool:
+        budget = self.ctx.budget
+        if budget.judge_calls is not None and self.spent["judge_calls"] + self.B > budget.judge_calls:
+            return False
+        # stop before an iteration that could exceed the token budget, so the budget is never overspent
+        return budget.generated_tokens is None or self.spent["generated_tokens"] + self.worst_tokens <= budget.generated_tokens
+
+    def _prompts_for(self, iteration: int) -> list[Prompt]:
+        """This process's share of the iteration's prompts: one seeded permutation per pass over the data."""
+        prompts, n = self.ctx.prompts, len(self.ctx.prompts)
+        batch = []
+        for k in range(iteration * self.B, (iteration + 1) * self.B):
+            epoch, pos = divmod(k, n)
+            if epoch not in self._orders:
+                order = list(range(n))
+                random.Random(_mix(self.ctx.seed, epoch)).shuffle(order)
+                self._orders = {epoch: order}  # only the current pass is needed
+            batch.append(prompts[self._orders[epoch][pos]])
+        return batch[self.acc.process_index :: self.acc.num_processes]
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+        from transformers import GenerationConfig
+
+        from rlaif.models import load_causal_lm, load_tokenizer
+
+        opt, ctx = self.opt, self.ctx
+        # Accelerate keeps one process-wide state; another trainer earlier in this process (a test, a
+        # pipeline comparing optimizers) may have set a different precision. transformers' Trainer
+        # resets it the same way; the process group (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=opt.mixed_precision,
+                               gradient_accumulation_steps=opt.grad_accum)
+        if self.B % self.acc.num_processes:
+            raise ValueError(f"rollout_batch_size={self.B} must be a multiple of the {self.acc.num_processes} processes")
+        self.mini = (opt.mini_batch_size or self.B // opt.num_minibatches) // self.acc.num_processes
+        if self.mini < opt.grad_accum or self.mini % opt.grad_accum:
+            raise ValueError(f"each process's minibatch ({self.mini} episodes) must split into grad_accum="
+                             f"{opt.grad_accum} micro-batches: raise rollout_batch_size or lower num_minibatches")
+        self.micro = self.mini // opt.grad_accum
+
+        path, trc = ctx.policy_path, ctx.trust_remote_code
+        self.tok = load_tokenizer(path, trc)
+        lcfg = lora_config(opt.lora)
+        policy = load_causal_lm(path, opt.dtype, trc)
+        if lcfg is not None:
+            from peft import get_peft_model
+
+            policy = get_peft_model(policy, lcfg)
+        # With LoRA the reference is the same network with its adapters switched off (no second copy).
+        self.ref = None
+        if lcfg is None:
+            self.ref = load_causal_lm(path, opt.dtype, trc).to(self.acc.device).eval().requires_grad_(False)
+        trunk = None
+        if opt.value_model == "separate":
+            value_lm = load_causal_lm(path, opt.dtype, trc)
+            if lcfg is not None:
+                from peft import get_peft_model
+
+                value_lm = get_peft_model(value_lm, lora_config(opt.lora)).get_base_model()
+            trunk = getattr(value_lm, value_lm.base_model_prefix)  # the LM without its head
+            del value_lm
+        hidden = _hidden_size(policy.config)
+        head = nn.Linear(hidden, 1, dtype=torch.float32)
+        g = torch.Generator().manual_seed(_mix(ctx.seed, 7))
+        with torch.no_grad():  # small init: V starts near 0 (Huang et al.: std 1/sqrt(d+1))
+            head.weight.normal_(0.0, 1.0 / math.sqrt(hidden + 1), generator=g)
+            head.bias.zero_()
+        model = ActorCritic(policy, head, trunk)
+
+        self.pad_id, self.eos_id = self.tok.pad_token_id, self.tok.eos_token_id
+        # A fresh generation config: the model's own defaults (top_k, repetition penalty) would make
+        # the sampler differ from the distribution whose log-probs PPO trains.
+        self.gen_config = GenerationConfig(do_sample=True, temperature=ctx.temperature, top_p=ctx.top_p, top_k=0,
+                                           max_new_tokens=ctx.max_new_tokens, pad_token_id=self.pad_id,
+                                           eos_token_id=[self.eos_id])
+        self.kl_ctl = (pm.FixedKLController(opt.kl_coef) if opt.target_kl is None
+                       else pm.AdaptiveKLController(opt.kl_coef, opt.target_kl, opt.kl_horizon))
+        self.moments = pm.RunningMoments()
+        self.spent = {"judge_calls": 0, "generated_tokens": 0}
+        self.rows: list[dict] = []
+        self.start_iteration = 0
+
+        self._clear_partial_checkpoints()
+        ckpt = self._latest_checkpoint()
+        state = None
+        if ckpt is not None:
+            state = self._load_weights(ckpt, model)
+        policy_params = [p for p in model.policy.parameters() if p.requires_grad]
+        value_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("policy.")]
+        groups = [{"params": ps, "lr": lr} for ps, lr in zip((policy_params, value_params), self._learning_rates(),
+                                                              strict=True)]
+        optimizer = torch.optim.AdamW(groups, eps=opt.adam_eps, weight_decay=opt.weight_decay)
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.model.eval()  # dropout off throughout (Huang et al.): old and new log-probs must agree
+        self.unwrapped = self.acc.unwrap_model(self.model)
+        self.trainable = [p for p in self.unwrapped.parameters() if p.requires_grad]
+        if state is not None:
+            self._load_state(ckpt, state)
+
+    def _learning_rates(self) -> tuple[float, float]:
+        """(policy, value) learning rates: the two optimizer parameter groups."""
+        return self.opt.learning_rate, self.opt.value_learning_rate or self.opt.learning_rate
+
+    # ------------------------------------------------------------------ checkpoints
+    def _fingerprint(self) -> dict:
+        opt = self.opt
+        return {"value_model": opt.value_model, "lora": opt.lora if opt.lora.get("enabled") else None,
+                "rollout_batch_size": opt.rollout_batch_size, "seed": self.ctx.seed}
+
+    def _clear_partial_checkpoints(self) -> None:
+        """Remove temp folders left by a process killed while writing (they were never renamed into place)."""
+        if self.ckpt_dir is not None and self.ckpt_dir.exists() and self.acc.is_main_process:
+            for tmp in self.ckpt_dir.glob(f".tmp-{CHECKPOINT_PREFIX}*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _latest_checkpoint(self) -> Path | None:
+        if self.ckpt_dir is None or not self.ckpt_dir.exists():
+            return None
+        done = sorted(p for p in self.ckpt_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.json").exists())
+        return done[-1] if done else None
+
+    def _trainable_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad}
+
+    def _save_checkpoint(self, iteration: int) -> None:
+        """Write everything a resume needs into a temp folder, then rename it into place."""
+        if self.ckpt_dir is None:
+            return
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            from safetensors.torch import save_file
+
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            final = self.ckpt_dir / f"{CHECKPOINT_PREFIX}{iteration:06d}"
+            tmp = self.ckpt_dir / f".tmp-{final.name}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            m = self.unwrapped
+            save_file(self._trainable_state(m.policy), str(tmp / "policy.safetensors"))
+            value_state = {f"value_head.{k}": v for k, v in self._trainable_state(m.value_head).items()}
+            if m.value_trunk is not None:
+                value_state.update({f"value_trunk.{k}": v for k, v in self._trainable_state(m.value_trunk).items()})
+            save_file(value_state, str(tmp / "value.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            torch.save(rng, tmp / "rng.pt")
+            state = {"iteration": iteration, "kl_controller": self.kl_ctl.state_dict(),
+                     "reward_norm": self.moments.state_dict(), "spent": self.spent, "history": self.rows,
+                     "fingerprint": self._fingerprint(), "policy_path": str(self.ctx.policy_path)}
+            (tmp / "state.json").write_text(json.dumps(state, indent=1))  # written last: marks the folder complete
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            done = sorted(self.ckpt_dir.glob(f"{CHECKPOINT_PREFIX}*"))
+            for old in done[: -self.opt.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        self.last_saved = iteration
+
+    def _load_weights(self, ckpt: Path, model: ActorCritic) -> dict:
+        """Check the checkpoint fits this config and load its trainable weights (before prepare)."""
+        from safetensors.torch import load_file
+
+        state = json.loads((ckpt / "state.json").read_text())
+        if state["fingerprint"] != self._fingerprint():
+            raise ValueError(f"checkpoint {ckpt} was written with {state['fingerprint']}, but this run has "
+                             f"{self._fingerprint()}: use another checkpoint folder or restore those settings")
+        if state.get("policy_path") != str(self.ctx.policy_path):
+            log.warning("resuming %s, written for policy %s, with policy %s", ckpt, state.get("policy_path"),
+                        self.ctx.policy_path)
+        for part, fname in ((model.policy, "policy.safetensors"), (model, "value.safetensors")):
+            weights = load_file(str(ckpt / fname))
+            missing, unexpected = part.load_state_dict(weights, strict=False)
+            if unexpected:
+                raise ValueError(f"checkpoint {ckpt / fname} has weights this model lacks: {unexpected[:5]}")
+        return state
+
+    def _load_state(self, ckpt: Path, state: dict) -> None:
+        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=self.acc.device,
+                                                  weights_only=True))
+        for group, lr in zip(self.optimizer.param_groups, self._learning_rates(), strict=True):
+            group["lr"] = lr  # the config's rates win over the saved ones (a rerun may change them)
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.moments.load_state_dict(state["reward_norm"])
+        self.spent = {k: int(v) for k, v in state["spent"].items()}
+        self.rows = list(state["history"])
+        self.start_iteration = int(state["iteration"])
+        rng = torch.load(ckpt / "rng.pt", weights_only=False)  # our own file; python's RNG state is a tuple
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        # The pipeline's counters started from 0 in this process: add what the earlier process spent.
+        for key, value in self.spent.items():
+            self.ctx.counters[key] = self.ctx.counters.get(key, 0) + value
+        self.ctx.history.extend(self.rows)  # not re-sent to the tracker: it saw them the first time
+        log.info("PPO resumes from %s after iteration %d", ckpt, self.start_iteration)
+
+    # ------------------------------------------------------------------ rollouts
+    def _seq_logits(self, model, ids, attn, pos, R: int) -> torch.Tensor:
+        return _lm_forward(model, ids, attn, pos, R + 1).logits[:, -(R + 1) : -1]
+
+    @torch.no_grad()
+    def _rollout(self, prompts: list[Prompt]) -> Rollout:
+        ctx, dev, fb = self.ctx, self.acc.device, self.opt.forward_batch_size
+        policy = self.unwrapped.policy
+        lm = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        queries = [chat_prefix_ids(self.tok, p.messages) for p in prompts]
+        responses: list[list[int]] = []
+        finished: list[bool] = []
+        saved_config, lm.generation_config = lm.generation_config, self.gen_config
+        try:
+            with self.acc.autocast():
+                for s in range(0, len(queries), fb):
+                    ids, attn, _ = left_pad(queries[s : s + fb], self.pad_id)
+                    out = policy.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev),
+                                          generation_config=self.gen_config)
+                    for row in out[:, ids.shape[1] :].tolist():
+                        n = row.index(self.eos_id) + 1 if self.eos_id in row else len(row)
+                        responses.append(row[:n])
+                        finished.append(self.eos_id in row)
+        finally:
+            lm.generation_config = saved_config
+        texts = [self.tok.decode(r, skip_special_tokens=True).strip() for r in responses]
+
+        R = max(len(r) for r in responses)
+        q_ids, q_attn, _ = left_pad(queries, self.pad_id)
+        resp = torch.full((len(responses), R), self.pad_id, dtype=torch.long)
+        resp_mask = torch.zeros((len(responses), R))
+        for i, r in enumerate(responses):
+            resp[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            resp_mask[i, : len(r)] = 1.0
+        input_ids = torch.cat([q_ids, resp], dim=1).to(dev)
+        attn = torch.cat([q_attn, resp_mask.long()], dim=1).to(dev)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        resp, resp_mask = resp.to(dev), resp_mask.to(dev)
+
+        T = ctx.temperature
+        logprobs, ref_logprobs, values, entropy = [], [], [], []
+        with self.acc.autocast():
+            for s in range(0, len(responses), fb):
+                sl = slice(s, s + fb)
+                logits, v = self.unwrapped(input_ids[sl], attn[sl], pos[sl], R)
+                logits = logits.float() / T
+                logprobs.append(pm.logprobs_from_logits(logits, resp[sl]))
+                entropy.append(pm.entropy_from_logits(logits))
+                values.append(v.float())
+                if self.ref is None:  # LoRA: the reference is the base weights
+                    with policy.disable_adapter():
+                        ref_logits = self._seq_logits(policy, input_ids[sl], attn[sl], pos[sl], R)
+                else:
+                    ref_logits = self._seq_logits(self.ref, input_ids[sl], attn[sl], pos[sl], R)
+                ref_logprobs.append(pm.logprobs_from_logits(ref_logits.float() / T, resp[sl]))
+        return Rollout(input_ids, attn, pos, resp, resp_mask, torch.cat(logprobs), torch.cat(ref_logprobs),
+                       torch.cat(values), torch.cat(entropy), torch.tensor(finished, device=dev),
+                       resp_mask.sum(-1), texts)
+
+    def _scores(self, prompts: list[Prompt], ro: Rollout) -> tuple[torch.Tensor, ...]:
+        """Judge scores -> (raw, normalised, final score, loss-valid) per episode.
+
+        NaN (unscorable) episodes get a placeholder 0 score and ``valid=False``: they never become
+        labels. Infinite scores are not "unscorable" — they flow on and stop training with a clear
+        non-finite loss error, since they mean the judge or reward is broken.
+        """
+        raw_list = self.ctx.reward(prompts, ro.texts)
+        if len(raw_list) != len(prompts):
+            raise ValueError(f"ctx.reward returned {len(raw_list)} scores for {len(prompts)} completions")
+        dev = self.acc.device
+        raw = torch.tensor([float(x) for x in raw_list], dtype=torch.float64, device=dev)
+        scorable = ~torch.isnan(raw)
+        normed = raw.clone()
+        if self.opt.reward_norm == "running":
+            everyone = self.acc.gather(raw)  # statistics over every process's batch
+            self.moments.update(everyone[~torch.isnan(everyone)].cpu())
+            normed = self.moments.normalize(raw)
+        if self.opt.reward_clip is not None:
+            normed = normed.clamp(-self.opt.reward_clip, self.opt.reward_clip)
+        score = torch.where(scorable, normed, torch.zeros_like(normed))
+        valid = scorable.clone()
+        if self.opt.missing_eos_penalty is not None:  # the penalty does not need the judge
+            score = torch.where(ro.finished, score, torch.full_like(score, self.opt.missing_eos_penalty))
+            valid = valid | ~ro.finished
+        return raw, normed, score.float(), valid
+
+    # ------------------------------------------------------------------ update
+    def _update(self, ro: Rollout, advantages, returns, mask, iteration: int) -> dict[str, float]:
+        opt, acc, ctx = self.opt, self.acc, self.ctx
+        b, R, T = ro.responses.shape[0], ro.responses.shape[1], ctx.temperature
+        sums = {k: 0.0 for k in ("policy_loss", "value_loss", "loss", "policy_clipfrac", "value_clipfrac", "approx_kl")}
+        count, grad_norms = 0, []
+        hint = ("Lower optimizer.learning_rate, set optimizer.reward_clip (and reward_norm: running), or check that "
+                "the reward returns finite scores (NaN only where it cannot score)")
+        gen = torch.Generator().manual_seed(_mix(ctx.seed, iteration, 1))
+        for _epoch in range(opt.ppo_epochs):
+            perm = torch.randperm(b, generator=gen).to(acc.device)
+            for m0 in range(0, b, self.mini):
+                for u0 in range(m0, m0 + self.mini, self.micro):
+                    idx = perm[u0 : u0 + self.micro]
+                    with acc.accumulate(self.model):
+                        logits, vpred = self.model(ro.input_ids[idx], ro.attention_mask[idx], ro.position_ids[idx], R)
+                        new_logp = pm.logprobs_from_logits(logits.float() / T, ro.responses[idx])
+                        mk = mask[idx]
+                        pg_loss, pg_cf = pm.clipped_policy_loss(new_logp, ro.logprobs[idx], advantages[idx], mk,
+                                                                opt.cliprange)
+                        vf_loss, vf_cf = pm.clipped_value_loss(vpred.float(), ro.values[idx], returns[idx], mk,
+                                                               opt.cliprange_value)
+                        loss = pg_loss + opt.vf_coef * vf_loss
+                        losses = torch.stack([pg_loss, vf_loss, loss]).detach()
+                        if acc.num_processes > 1:  # every process stops together, none waits in a collective
+                            losses = acc.reduce(losses, reduction="sum")
+                        for what, value in zip(("policy_loss", "value_loss", "total loss"), losses.tolist(),
+                                               strict=True):
+                            self._check_finite(f"PPO {what}", value, iteration, hint)
+                        acc.backward(loss)
+                        if acc.sync_gradients and opt.max_grad_norm is not None:
+                            gn = acc.clip_grad_norm_(self.model.parameters(), opt.max_grad_norm)
+                            grad_norms.append(float(gn))
+                        self.optimizer.step()
+                        self.optimizer.zero_grad()
+                    with torch.no_grad():
+                        kl = pm.approx_kl(new_logp, ro.logprobs[idx], mk)
+                    for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("loss", loss),
+                                 ("policy_clipfrac", pg_cf), ("value_clipfrac", vf_cf), ("approx_kl", kl)):
+                        sums[k] += float(v.detach())
+                    count += 1
+        if not all(bool(torch.isfinite(p).all()) for p in self.trainable):
+            self._check_finite(f"a PPO weight (gradient norms {grad_norms[-3:]})", float("nan"), iteration, hint)
+        stats = {k: v / max(count, 1) for k, v in sums.items()}
+        if grad_norms:
+            stats["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        return stats
+
+    def _check_finite(self, name: str, value: float, iteration: int, hint: str) -> None:
+        """Stop with ``NonFiniteLossError`` naming the checkpoint a rerun resumes from (nothing is saved)."""
+        if math.isfinite(value):
+            return
+        last = self._latest_checkpoint()
+        where = (f"the last good checkpoint, {last}, is kept and a rerun resumes from it" if last is not None
+                 else "no checkpoint had been written yet")
+        raise NonFiniteLossError(f"{name} became {value} in PPO iteration {iteration + 1}; training stopped and "
+                                 f"{where}. {hint}")
+
+    def _mean_all(self, stats: dict[str, float]) -> dict[str, float]:
+        """Average per-process metrics over processes (equal local batch sizes: the global mean)."""
+        if self.acc.num_processes == 1:
+            return stats
+        keys = sorted(stats)
+        t = self.acc.reduce(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.acc.device),
+                            reduction="mean")
+        return dict(zip(keys, t.tolist(), strict=True))
+
+    def _iteration(self, iteration: int) -> dict[str, float]:
+        opt, ctx, acc = self.opt, self.ctx, self.acc
+        torch.manual_seed(_mix(ctx.seed, iteration, acc.process_index))
+        random.seed(_mix(ctx.seed, iteration, acc.process_index))
+        prompts = self._prompts_for(iteration)
+        ro = self._rollout(prompts)
+        raw, normed, score, valid = self._scores(prompts, ro)
+        loss_mask = ro.response_mask * valid.unsqueeze(-1).float()
+        coef = self.kl_ctl.value
+
+        seq_kl = pm.masked_sum(ro.logprobs - ro.ref_logprobs, ro.response_mask, dim=1)
+        mean_kl = float(acc.reduce(seq_kl.mean(), reduction="mean"))
+        self._check_finite("PPO KL to the reference", mean_kl, iteration,
+                           "The policy's log-probabilities overflowed: lower optimizer.learning_rate or raise kl_coef")
+        rewards, _ = pm.kl_penalty_rewards(ro.logprobs, ro.ref_logprobs, score, loss_mask, coef)
+        advantages, returns = pm.gae(rewards, ro.values, loss_mask, opt.gamma, opt.lam)
+        if opt.whiten_advantages:
+            advantages = pm.masked_whiten(advantages, loss_mask)
+        ev = float(pm.explained_variance(ro.values, returns, loss_mask))
+
+        if bool(acc.reduce(valid.any().float(), reduction="sum") > 0):
+            stats = self._update(ro, advantages, returns, loss_mask, iteration)
+        else:  # nothing scorable anywhere: no update (an empty loss would still move Adam's momentum)
+            log.warning("PPO iteration %d: no episode could be scored; skipping the update", iteration + 1)
+            stats = {k: float("nan") for k in ("policy_loss", "value_loss", "loss", "policy_clipfrac",
+                                               "value_clipfrac", "approx_kl")}
+
+        # counters and budget: global counts, identical on every process
+        n_tokens = int(acc.reduce(ro.lengths.sum(), reduction="sum"))
+        self.spent["generated_tokens"] += n_tokens
+        self.spent["judge_calls"] += self.B
+        ctx.counters["generated_tokens"] = ctx.counters.get("generated_tokens", 0) + n_tokens
+
+        nan = float("nan")
+        sv, ok = ~torch.isnan(raw), valid
+        local = {
+            "reward": float(raw[sv].mean()) if sv.any() else nan,
+            "reward_normalized": float(normed[sv].mean()) if sv.any() else nan,
+            "score_with_penalty": float(score[ok].mean()) if ok.any() else nan,
+            "kl": float(seq_kl.mean()),
+            "non_score_reward": float(-coef * seq_kl.mean()),
+            "entropy": float(pm.masked_mean(ro.entropy, ro.response_mask)),
+            "explained_variance": ev,
+            "no_eos_rate": float((~ro.finished).float().mean()),
+            "response_length": float(ro.lengths.mean()),
+            **stats,
+        }
+        row = {f"train/{k}": v for k, v in self._mean_all(local).items()}
+        row["train/unscorable"] = float(acc.reduce(torch.isnan(raw).sum(), reduction="sum"))
+        row["train/masked_episodes"] = float(acc.reduce((~valid).sum(), reduction="sum"))
+        row.update({"train/kl_coef": coef, "train/episodes": float((iteration + 1) * self.B),
+                    "train/lr": float(self.optimizer.param_groups[0]["lr"]), "train/iteration": float(iteration + 1)})
+        self.kl_ctl.update(mean_kl, n_steps=self.B)
+        return row
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> dict[str, float]:
+        self._setup()
+        opt, ctx, acc = self.opt, self.ctx, self.acc
+        it = self.start_iteration
+        self.last_saved = it if self._latest_checkpoint() is not None else -1
+        bar = tqdm(total=self.planned, initial=min(it, self.planned or it), desc="ppo", unit="it",
+                   disable=not (opt.progress_bar and acc.is_local_main_process))
+        last_row = self.rows[-1] if self.rows else {}
+        while (self.planned is None or it < self.planned) and self._budget_allows_next():
+            row = self._iteration(it)
+            it += 1
+            is_last = (self.planned is not None and it >= self.planned) or not self._budget_allows_next()
+            if it % opt.logging_steps == 0 or is_last:
+                ctx.log(row, step=it)
+                self.rows.append(ctx.history[-1])
+            last_row = row
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['train/reward']:.3g}", kl=f"{row['train/kl']:.3g}")
+            if opt.save_every and it % opt.save_every == 0:
+                self._save_checkpoint(it)
+        bar.close()
+        if self.last_saved != it:
+            self._save_checkpoint(it)
+
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            out = Path(ctx.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            save_policy(self.unwrapped.policy, self.tok, out)
+        acc.wait_for_everyone()
+        final = {k: v for k, v in last_row.items() if k != "train/step"}
+        final.update({"train/episodes": float(it * self.B), "train/iterations": float(it)})
+        return final
