@@ -492,6 +492,8 @@ def format_summary(name: str, s: dict, out: Path, location: str | None, hits: di
         f"  judge win rate of policy over reference: {f('eval/win_rate')}",
         f"  KL(policy || reference): {f('eval/kl')} nats per response",
         f"  mean length   reference {f('eval/length_reference', '{:.1f}')}  ->  policy {f('eval/length_policy', '{:.1f}')} tokens",
+        f"  training spent {f('train/judge_calls', '{:.0f}')} judge calls and {f('train/generated_tokens', '{:.0f}')}"
+        f" generated tokens",
         f"  preference pairs: {f('preferences/pairs', '{:.0f}')} (invalid judgments {f('judge/invalid', '{:.0f}')},"
         f" judge agrees with gold on {f('judge/pair_agreement_with_gold', '{:.0%}')} of pairs)",
         "  time per stage: " + ", ".join(

@@ -63,16 +63,16 @@ class PPOOptimizer:
     needs_pairs = False
     needs_reward = True
 
-    def __init__(self, learning_rate: float = 1e-5, value_learning_rate: float | None = None,
-                 total_episodes: int = 1024, rollout_batch_size: int = 32, ppo_epochs: int = 4,
-                 num_minibatches: int = 4, mini_batch_size: int | None = None, grad_accum: int = 1,
+    def __init__(self, learning_rate: float = 2e-5, value_learning_rate: float | None = None,
+                 total_episodes: int = 256, rollout_batch_size: int = 16, ppo_epochs: int = 2,
+                 num_minibatches: int = 2, mini_batch_size: int | None = None, grad_accum: int = 1,
                  forward_batch_size: int = 16, gamma: float = 1.0, lam: float = 0.95, cliprange: float = 0.2,
                  cliprange_value: float = 0.2, vf_coef: float = 0.1, kl_coef: float = 0.05,
-                 target_kl: float | None = None, kl_horizon: float = 10000, whiten_advantages: bool = True,
+                 target_kl: float | None = None, kl_horizon: float = 32, whiten_advantages: bool = True,
                  reward_norm: str = "running", reward_clip: float | None = None,
-                 missing_eos_penalty: float | None = None, value_model: str = "separate",
+                 missing_eos_penalty: float | None = None, value_model: str = "shared",
                  max_grad_norm: float | None = 1.0, adam_eps: float = 1e-5, weight_decay: float = 0.0,
-                 dtype: str = "float32", mixed_precision: str = "no", lora: dict | None = None,
+                 dtype: str = "float32", mixed_precision: str = "bf16", lora: dict | None = None,
                  save_every: int | None = 10, keep_checkpoints: int = 2, logging_steps: int = 1,
                  progress_bar: bool = True, **_unused):
         self.learning_rate, self.value_learning_rate = learning_rate, value_learning_rate
