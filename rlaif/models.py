@@ -256,6 +256,8 @@ class ModelPool:
         self._resolved: dict[str, ResolvedModel] = {}
         self._models: dict[tuple[str, str], torch.nn.Module] = {}
         self._tokenizers: dict[str, object] = {}
+        # Frozen models (generator, judge, evaluation) go to the first GPU when there is one.
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def resolve(self, name: str) -> ResolvedModel:
         if name not in self._resolved:
@@ -272,7 +274,7 @@ class ModelPool:
         r = self.resolve(name)
         key = (r.path, dtype)
         if key not in self._models:
-            m = load_causal_lm(r.path, dtype, self.trust_remote_code)
+            m = load_causal_lm(r.path, dtype, self.trust_remote_code).to(self.device)
             m.eval()
             m.requires_grad_(False)
             self._models[key] = m
@@ -282,6 +284,7 @@ class ModelPool:
         """Register an already loaded model (e.g. the trained policy) under a name."""
         self._resolved[name] = ResolvedModel(name, path, identity, "local")
         if model is not None:
+            model = model.to(self.device)
             model.eval()
             model.requires_grad_(False)
             self._models[(path, dtype)] = model
