@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlaif.config import ConfigError, conf_dir, group_options
 from rlaif.criteria import Criterion
-from rlaif.data import PromptFileError, resolve_path
+from rlaif.data import PromptFileError, require_columns, resolve_path
 from rlaif.diagnostics import (
     agreement,
     calibration,
@@ -36,7 +36,8 @@ from rlaif.diagnostics import (
     swap_probe,
     verbosity_probe,
 )
-from rlaif.io import read_jsonl, write_json
+from rlaif.io import read_jsonl_numbered, write_json
+from rlaif.manifest import scrub_hydra_dir
 from rlaif.models import ModelPool
 from rlaif.types import PairwiseVerdict, Prompt
 
@@ -59,14 +60,16 @@ def load_labelled_pairs(source: DictConfig | dict) -> list[dict[str, Any]]:
         path = resolve_path(src["path"])
         if not path.exists():
             raise PromptFileError(f"labelled pair file {path} does not exist (audit.data.path)")
-        rows = read_jsonl(path)
+        rows = read_jsonl_numbered(path)
         if not rows:
             raise PromptFileError(f"{path}: the labelled pair file is empty")
         out = []
-        for i, r in enumerate(rows, start=1):
+        for i, (lineno, r) in enumerate(rows, start=1):
             missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(r.get(k), str) or not r.get(k)]
             if missing:
-                raise PromptFileError(f"{path}: row {i} lacks {', '.join(missing)} (each row needs prompt, chosen, rejected)")
+                raise PromptFileError(
+                    f"{path}:{lineno}: no text in {', '.join(repr(k) for k in missing)} (each row needs prompt, "
+                    f"chosen and rejected); this row's fields are: {', '.join(map(str, r)) or 'none'}")
             out.append({"id": str(r.get("id", i)), "prompt": r["prompt"], "chosen": r["chosen"],
                         "rejected": r["rejected"], "criterion": r.get("criterion"), "length": r.get("length")})
         return out
@@ -75,6 +78,14 @@ def load_labelled_pairs(source: DictConfig | dict) -> list[dict[str, Any]]:
 
         mapping = HF_MAPPINGS.get(src.get("mapping") or "", {})
         ds = load_dataset(src["hf_dataset"], split=src.get("split", "train"))
+        where = f"dataset {src['hf_dataset']} (split {src.get('split', 'train')})"
+        if mapping.get("kind") == "mt_bench":
+            require_columns(ds.column_names, {c: c for c in ("winner", "conversation_a", "conversation_b")}, where,
+                            "audit.data.mapping=mt_bench")
+        else:
+            m = {**HF_MAPPINGS["reward_bench"], **(src.get("fields") or {})}
+            require_columns(ds.column_names, {k: m.get(k) for k in ("prompt", "chosen", "rejected", "criterion")},
+                            where, "audit.data.fields (e.g. +audit.data.fields={prompt: question})")
         out = []
         for i, r in enumerate(ds):
             if mapping.get("kind") == "mt_bench":
@@ -85,7 +96,6 @@ def load_labelled_pairs(source: DictConfig | dict) -> list[dict[str, Any]]:
                 out.append({"id": str(i), "prompt": r["conversation_a"][0]["content"], "chosen": chosen,
                             "rejected": rejected, "criterion": src.get("criterion")})
             else:
-                m = {**HF_MAPPINGS["reward_bench"], **(src.get("fields") or {})}
                 out.append({"id": str(i), "prompt": r[m["prompt"]], "chosen": r[m["chosen"]], "rejected": r[m["rejected"]],
                             "criterion": r.get(m["criterion"]) if m.get("criterion") else src.get("criterion")})
             if src.get("limit") and len(out) >= src["limit"]:
@@ -187,6 +197,7 @@ def probe_metrics(judge, rows: list[dict], items: int) -> dict[str, float]:
 
 def run_audit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     out = Path(output_dir)
+    scrub_hydra_dir(out, OmegaConf.to_container(cfg, resolve=False))  # Hydra's .hydra/ holds overrides verbatim
     out.mkdir(parents=True, exist_ok=True)
     a = cfg.audit
     names = list(a.judges)

@@ -5,20 +5,36 @@ version, the relevant config, model identities, seed, and the hashes of its inpu
 An entry is a folder ``<root>/<stage>/<key>/`` that becomes visible only when complete: it is
 built under a temporary name and renamed into place, so a killed run or two runs writing the
 same entry at once never leave a corrupt entry behind.
+
+Work in progress on an entry lives in its *scratch* folder, ``<root>/checkpoints/<stage>/<key>/``
+(journals of finished batches, training checkpoints; see rlaif/journal.py), which survives a
+kill and is removed once the entry is complete. One process at a time computes an entry:
+``lock(stage, key)`` is an OS file lock (released by the kernel when its holder dies), so a
+second run of the same config waits for the first and then reuses its entry instead of writing
+the same journals and checkpoints at once. Temporary folders left by killed processes are
+removed by the next ``put`` of the same stage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from rlaif.io import DiskFullError, is_disk_full
+
+log = logging.getLogger(__name__)
+
 # Bump a stage's version when its code changes what it produces for the same inputs.
-STAGE_VERSIONS = {"generate": 1, "judge": 2, "preferences": 1, "train": 1, "evaluate": 2, "diagnostics": 1}
+# judge 3: judged in chunks of prompts (resumable), panel members' preferences kept as records.
+STAGE_VERSIONS = {"generate": 1, "judge": 3, "preferences": 1, "train": 1, "evaluate": 2, "diagnostics": 1}
 
 
 def stable_hash(obj: Any) -> str:
@@ -38,6 +54,32 @@ class StageCache:
         assert self.root is not None
         return self.root / "stages" / stage / key
 
+    def scratch(self, stage: str, key: str) -> Path:
+        """Where work on an entry survives a kill until the entry is complete."""
+        assert self.root is not None
+        return self.root / "checkpoints" / stage / key
+
+    @contextlib.contextmanager
+    def lock(self, stage: str, key: str):
+        """Hold the entry's lock while computing it (a no-op when caching is disabled)."""
+        if not self.enabled:
+            yield
+            return
+        from filelock import FileLock, Timeout
+
+        path = self.root / "locks" / f"{stage}-{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0.5)
+        except Timeout:
+            log.warning("%s: another run is computing this stage (lock %s); waiting for it to finish", stage, path)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
     def get(self, stage: str, key: str) -> Path | None:
         if not self.enabled:
             return None
@@ -55,7 +97,8 @@ class StageCache:
         else:
             final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}.tmp-"))
+        _remove_dead_temps(final.parent)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}.tmp-{_owner()}-"))
         try:
             build(tmp)
             (tmp / "COMPLETE").write_text("ok\n")
@@ -68,7 +111,33 @@ class StageCache:
                 else:
                     shutil.rmtree(final, ignore_errors=True)
                     os.rename(tmp, final)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(e) and not isinstance(e, DiskFullError):  # e.g. save_pretrained, copyfile
+                raise DiskFullError(getattr(e, "filename", None) or tmp, e, f"cache entry {stage}/{key}") from e
             raise
         return final
+
+
+def _owner() -> str:
+    """Who builds a temp folder: host and process id, so leftovers of dead processes can be found."""
+    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_dead_temps(folder: Path) -> None:
+    """Delete ``.<key>.tmp-<host>-<pid>-*`` folders whose process on this host is gone (killed mid-build)."""
+    host = socket.gethostname().replace("-", "_")
+    for p in folder.glob(".*.tmp-*"):
+        parts = p.name.split(".tmp-", 1)[1].split("-")
+        if len(parts) >= 3 and parts[0] == host and parts[1].isdigit() and not _alive(int(parts[1])):
+            shutil.rmtree(p, ignore_errors=True)

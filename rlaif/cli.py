@@ -16,14 +16,18 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from rlaif.diagnostics.gate import JudgeGateError
     from rlaif.models import ModelResolutionError
     from rlaif.pipeline import run
+    from rlaif.sweeps import check_metric, metric_value
 
     try:
+        metric = check_metric(cfg)  # sweep.metric: what a sweeper (Optuna) optimises
         summary = run(cfg)
     except (ConfigError, PromptFileError, ModelResolutionError, JudgeGateError) as e:
         # A user error: say what to fix, without a traceback.
         print(f"rlaif: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    return summary.get("eval/gold_reward_policy")  # what an Optuna sweeper would optimise
+    except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM: run() kept the work and said how to resume
+        raise SystemExit(128 + getattr(e, "signum", 2)) from None
+    return metric_value(summary, metric)
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="audit")
@@ -44,8 +48,12 @@ def _hydra_audit(cfg: DictConfig) -> float | None:
 
 
 def _precheck(prog: str, config_name: str) -> None:
+    from rlaif.sweeps import missing_plugin
+
     overrides = [a for a in sys.argv[1:] if not a.startswith("-") and "=" in a]
     try:
+        if problem := missing_plugin(overrides):
+            raise ConfigError(problem)
         check_overrides(overrides, config_name)
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)

@@ -198,6 +198,13 @@ def validate(cfg: DictConfig) -> None:
     c.need("seed", "int", low=0)
     c.need("policy.model", "str")
     c.need("policy.trust_remote_code", "bool")
+    c.need("policy.allow_pickle", "bool")
+    from rlaif.manifest import literal_secrets
+
+    for key in literal_secrets(OmegaConf.to_container(cfg, resolve=False)):  # the value is never shown
+        c.errors.append(f"{key}: looks like a secret written into the config, which is saved with the run; rlaif "
+                        "reads keys only from environment variables: export it (e.g. OPENAI_API_KEY=...) and name "
+                        "the variable instead (e.g. judge.api.api_key_env=OPENAI_API_KEY)")
     # generator
     c.need("generator.num_candidates", "int", low=2)
     c.need("generator.max_new_tokens", "int", low=1)
@@ -282,6 +289,12 @@ def validate(cfg: DictConfig) -> None:
                 c.errors.append(f"data.template: only {{text}} may appear in braces (got {e!r}); write literal braces as {{{{ }}}}")
     c.need("data.num_train", "int", low=1)
     c.need("data.num_eval", "int", low=1)
+    from rlaif.data import DUPLICATES, TRUNCATION
+
+    c.need("data.max_prompt_tokens", "int", low=1, optional=True)
+    c.need("data.truncation", "str", choices=TRUNCATION)
+    c.need("data.duplicates", "str", choices=DUPLICATES)
+    c.need("data.max_line_bytes", "int", low=1)
     # evaluation
     c.need("evaluation.samples_per_prompt", "int", low=1)
     c.need("evaluation.kl_batch_size", "int", low=1)

@@ -1,13 +1,18 @@
 """Small file helpers: atomic writes and JSONL records.
 
 Writes go to a temporary file in the target folder and are renamed into place, so a killed
-process never leaves a half-written file where a reader (or the cache) would trust it.
+process never leaves a half-written file where a reader (or the cache) would trust it. A write
+that fails because the disk, a quota or the file-size limit is full raises ``DiskFullError``
+(an ``OSError``) naming the path and the free space; the old file, if any, is left as it was and
+the temporary file is removed.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,20 +20,58 @@ from typing import Any
 
 from rlaif.types import Record, T
 
+# ENOSPC: no space left; EDQUOT: over quota; EFBIG: over the file-size limit (ulimit -f)
+DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e is not None)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk, a quota or the file-size limit is full."""
+
+    def __init__(self, path: str | Path, cause: OSError, what: str | None = None):
+        path = Path(path)
+        try:
+            free = f"{shutil.disk_usage(_existing_parent(path)).free / 2**20:,.1f} MiB free there now"
+        except OSError:
+            free = "free space unknown"
+        reason = {errno.EFBIG: "the file-size limit (ulimit -f) was reached"}.get(
+            cause.errno, "the disk (or your quota) is full")
+        target = f"{what} ({path})" if what else str(path)
+        message = (f"disk full: could not write {target}: {reason} ({cause.strerror}; {free}). Nothing "
+                   "half-written was left behind (an existing file keeps its old content). Free some space, or "
+                   "write elsewhere: cache.dir=... for the cache, hydra.run.dir=... for the run folder")
+        super().__init__(cause.errno, message, str(path))
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _existing_parent(path: Path) -> Path:
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return Path(".")
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if is_disk_full(e) and not isinstance(e, DiskFullError):
+            raise DiskFullError(path, e) from e
         raise
 
 
@@ -55,10 +98,19 @@ def write_records(path: str | Path, records: Iterable[Record | dict]) -> None:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL file; a malformed line raises naming the file and the line number."""
+    return [row for _, row in read_jsonl_numbered(path)]
+
+
+def read_jsonl_numbered(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSONL file, for errors that name the line."""
     path = Path(path)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}:{lineno}: not valid UTF-8; re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -67,7 +119,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+            rows.append((lineno, row))
     return rows
 
 

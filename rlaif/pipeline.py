@@ -2,16 +2,35 @@
 trained policy -> evaluation, with every stage's records in the run folder and the cache.
 
 ``run(cfg)`` is what the CLI, tests and sweepers call; it returns the summary metrics.
+
+Reliability (what a kill, Ctrl-C or a rerun does):
+
+* Stages are content-addressed cache entries (rlaif/cache.py); inside a stage, generation,
+  judging and evaluation sampling journal every finished batch and training checkpoints every
+  ``optimizer.save_steps`` steps, in the stage's scratch folder (rlaif/journal.py,
+  rlaif/optimizers/checkpoints.py). A rerun skips finished batches and resumes from the newest
+  checkpoint, and ends with the outputs of an uninterrupted run.
+* The run registry (rlaif/runs.py) makes "rerun the same command" continue the unfinished run of
+  the same config: same run folder, same W&B run id (``resume: auto | never``).
+* Ctrl-C and SIGTERM stop the run with its partial work kept, the tracker finished and a
+  message saying to rerun; KeyboardInterrupt is re-raised (exit status 130 from the shell).
+* ``replay`` reruns an experiment from the recorded candidates and judgments of an earlier run
+  without loading the models that made them (rlaif/replay.py).
+* ``<run folder>/progress.json`` says which stage the run is in and what it reused or computed;
+  the summary's ``resume/*`` keys count the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
 import os
 import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,9 +40,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rlaif.cache import StageCache, stable_hash
-from rlaif.config import validate
+from rlaif.config import ConfigError, validate
 from rlaif.criteria import Criterion
-from rlaif.data import load_prompts
+from rlaif.data import load_prompts_with_stats, prompt_token_limit, truncate_prompts
 from rlaif.diagnostics import (
     compute_diagnostics,
     diagnostics_plot,
@@ -35,23 +54,40 @@ from rlaif.diagnostics import (
 from rlaif.diagnostics.gate import JudgeGateError, check_gate
 from rlaif.evaluation import evaluate
 from rlaif.generators import HFGenerator
-from rlaif.io import read_jsonl, read_records, write_json, write_records
-from rlaif.manifest import build_manifest
+from rlaif.io import atomic_write_text, read_jsonl, read_records, write_json, write_records
+from rlaif.journal import Journal, Progress
+from rlaif.judges.base import rank_in_chunks
+from rlaif.manifest import build_manifest, scrub_hydra_dir
 from rlaif.models import ModelPool
 from rlaif.preferences import build_pairs
-from rlaif.tracking import redact
+from rlaif.replay import Recorded, ReplayError, load_recorded
+from rlaif.runs import RunRegistry, config_hash, interrupt_signals, replay_key
+from rlaif.tracking import new_run_id, redact
 from rlaif.types import Candidate, EvalSample, Judgment, PairwiseVerdict, PreferencePair, Prompt
 
 log = logging.getLogger(__name__)
 
 
-class Run:
-    """State shared by the stages of one run: folders, cache, models, tracker, timings."""
+class StageWork:
+    """What a stage's computation gets besides its inputs: journals in the stage's scratch folder."""
 
-    def __init__(self, cfg: DictConfig, out: Path):
+    def __init__(self, r: Run, stage: str, scratch: Path):
+        self.r, self.stage, self.scratch = r, stage, scratch
+
+    def journal(self, name: str) -> Journal:
+        """``<scratch>/<name>.jsonl``: finished batches survive a kill; counts go to progress.json."""
+        return self.r.progress.journal(self.stage, self.scratch / f"{name}.jsonl")
+
+
+class Run:
+    """State shared by the stages of one run: folders, cache, models, tracker, timings, progress."""
+
+    def __init__(self, cfg: DictConfig, out: Path, progress: Progress | None = None):
         self.cfg, self.out = cfg, out
+        self.progress = progress or Progress(out)
         self.cache = StageCache(cfg.cache.dir, cfg.cache.enabled)
-        self.pool = ModelPool(cfg.cache.dir, cfg.policy.prefer_hub, cfg.policy.trust_remote_code)
+        self.pool = ModelPool(cfg.cache.dir, cfg.policy.prefer_hub, cfg.policy.trust_remote_code,
+                              cfg.policy.allow_pickle)
         self.times: dict[str, float] = {}
         self.hits: dict[str, bool] = {}
         self.extra: dict[str, Any] = {}  # metrics of optional stages (e.g. reward-model training)
@@ -69,23 +105,81 @@ class Run:
         yield
         self.times[f"time/{stage}_s"] = round(time.perf_counter() - t, 2)
 
-    def records_stage(self, stage: str, inputs: dict, compute: Callable[[], dict[str, list]],
-                      types: dict[str, type]) -> dict[str, list]:
-        """Run or reuse a stage whose outputs are record lists; copy them into the run folder."""
-        key = self.cache.key(stage, inputs)
+    def scratch(self, stage: str, key: str) -> Path:
+        """A folder that survives a kill (journals, checkpoints) until the stage's entry is complete."""
+        return self.cache.scratch(stage, key) if self.cache.enabled else self.out / "checkpoints" / stage / key
+
+    def computed_once(self, stage: str, key: str, build: Callable[[StageWork], Callable[[Path], Any]]) -> Path:
+        """The cache entry of (stage, key): reused when complete, else computed under the entry's lock.
+
+        ``build(work)`` does the work (journaling into ``work``'s scratch folder) and returns the
+        function that writes the entry's files. The scratch folder is removed once the entry is
+        complete. Another run computing the same entry is waited for, then reused.
+        """
+        self.progress.enter(stage)
         hit = self.cache.get(stage, key)
-        self.hits[stage] = hit is not None
         if hit is None:
-            results = compute()
-            hit = self.cache.put(stage, key, lambda d: [write_records(d / f"{n}.jsonl", rs) for n, rs in results.items()])
-        else:
-            log.info("%s: reusing cached results (%s)", stage, hit)
+            with self.cache.lock(stage, key):
+                hit = self.cache.get(stage, key)  # another run may have finished it while we waited
+                if hit is None:
+                    scratch = self.scratch(stage, key)
+                    write = build(StageWork(self, stage, scratch))
+                    hit = self.cache.put(stage, key, write)
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    if not self.cache.enabled:  # leave no empty checkpoints/<stage>/ folders in the run folder
+                        for parent in (scratch.parent, scratch.parent.parent):
+                            with contextlib.suppress(OSError):
+                                parent.rmdir()
+                    self.hits[stage] = False
+                    return hit
+        self.hits[stage] = True
+        log.info("%s: reusing cached results (%s)", stage, hit)
+        return hit
+
+    def records_stage(self, stage: str, inputs: dict, compute: Callable[[StageWork], dict[str, list]],
+                      types: dict[str, type]) -> dict[str, list]:
+        """Run or reuse a stage whose outputs are record lists; copy them into the run folder.
+
+        ``compute(work)`` returns {name: records}; it may journal its batches through ``work``.
+        """
+        def build(work: StageWork):
+            results = compute(work)
+            return lambda d: [write_records(d / f"{n}.jsonl", rs) for n, rs in results.items()]
+
+        hit = self.computed_once(stage, self.cache.key(stage, inputs), build)
         out = {}
         for name, cls in types.items():
             src = hit / f"{name}.jsonl"
-            shutil.copyfile(src, self.out / f"{name}.jsonl")
+            copy_atomic(src, self.out / f"{name}.jsonl")
             out[name] = read_records(src, cls) if cls is not dict else read_jsonl(src)
+        if self.hits[stage]:
+            first = next(iter(out.values()), [])
+            self.progress.cached(stage, len(first))
         return out
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    """Copy a file so that ``dst`` is either the old file or the whole new one, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # what a plain copy would get, not mkstemp's 0600
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _link_atomic(target: Path, link: Path) -> None:
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
 
 
 def _finite_or_none(v: Any) -> Any:
@@ -96,79 +190,255 @@ def _prompt_hash(prompts: list[Prompt]) -> str:
     return stable_hash([p.to_dict() for p in prompts])
 
 
+def check_reliability_keys(cfg: DictConfig) -> None:
+    """``resume``, ``replay`` and ``journal.*`` (validated here: they belong to this module)."""
+    errors = []
+    if cfg.get("resume", "auto") not in ("auto", "never"):
+        errors.append(f"resume: '{cfg.get('resume')}' is not one of auto, never")
+    rp = cfg.get("replay")
+    if rp is not None and not isinstance(rp, (bool, str)):
+        errors.append(f"replay: expected null, true or a run folder, got {rp!r}")
+    chunk = OmegaConf.select(cfg, "journal.chunk_prompts", default=8)
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        errors.append(f"journal.chunk_prompts: expected an integer >= 1, got {chunk!r}")
+    if errors:
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
+
+
+# The HF trainers' wall-clock figures differ between identical runs, so they stay out of the summary
+# (time/train_s has the training time; train_history.jsonl keeps them).
+TRAINER_CLOCK = ("_runtime", "_per_second", "step_time")
+
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run (or resume, or replay) one experiment; return its summary metrics.
+
+    ``output_dir``: the run folder (default: Hydra's). An unfinished run of the same config in
+    the same folder is resumed; without ``output_dir``, an unfinished run of the same config in
+    any folder is (``resume: auto``; see rlaif/runs.py).
+    """
     t_start = time.perf_counter()
+    if output_dir is None:  # Hydra wrote .hydra/ (the overrides verbatim) before this ran: mask secrets first
+        scrub_hydra_dir(_hydra_output_dir(), OmegaConf.to_container(cfg, resolve=False))
     validate(cfg)
-    out = Path(output_dir) if output_dir else _hydra_output_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    check_reliability_keys(cfg)
     name = cfg.name or _hydra_choice("experiment") or "rlaif"
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-
-    r = Run(cfg, out)
-    seed = int(cfg.seed)
 
     # Data and model resolution first: both fail fast, before any model loads.
     d = cfg.data
-    prompts = load_prompts(d.path, d.template, d.system, d.num_train, d.num_eval, d.split_seed, d.text_field)
-    write_records(out / "prompts.jsonl", prompts)
+    prompts, data_stats = load_prompts_with_stats(d.path, d.template, d.system, d.num_train, d.num_eval,
+                                                  d.split_seed, d.text_field, d.duplicates, d.max_line_bytes)
+    prompts, data_stats["data/truncated_prompts"] = _fit_prompts(cfg, prompts)
     train_prompts = [p for p in prompts if p.split == "train"]
     eval_prompts = [p for p in prompts if p.split == "eval"]
-    policy = r.pool.resolve(cfg.policy.model)
-    criterion = Criterion.from_config(cfg.criteria)
-    judge = instantiate(cfg.judge, _partial_=True)(criterion=criterion, pool=r.pool)  # loads nothing yet
-    judge_identity = judge.identity
-    gold = instantiate(cfg.data.gold) if cfg.data.get("gold") else None
+    registry = RunRegistry(cfg.cache.dir if cfg.cache.enabled else None)
+    recorded = _replay_source(cfg, resolved, registry, train_prompts)  # replay: records checked, nothing loaded
 
-    manifest = build_manifest(resolved, {"policy": policy.identity, "judge": judge_identity},
-                              redact(OmegaConf.to_container(cfg.criteria, resolve=True)), seed)
-    write_json(out / "manifest.json", manifest)
-    r.tracker.start(out, {**resolved, "manifest": {k: v for k, v in manifest.items() if k != "config"}}, name)
+    # Which run folder and W&B run: a new one, or the unfinished run of this config (resume: auto).
+    key = config_hash(resolved)
+    fresh_out = Path(output_dir) if output_dir else _hydra_output_dir()
+    fresh = {"output_dir": str(fresh_out.resolve()), "wandb_run_id": new_run_id(), "config_hash": key,
+             "replay_key": replay_key(resolved), "name": name,
+             "replay_of": str(recorded.folder) if recorded else None}
+    any_folder = output_dir is None and _hydra_sweep() is None  # sweeps keep their own job folders
+    entry, resumed = registry.claim(key, fresh, allow_resume=cfg.get("resume", "auto") == "auto",
+                                    folder=None if any_folder else fresh["output_dir"])
+    out = Path(entry["output_dir"])
+    r: Run | None = None
     try:
-        summary = _stages(r, cfg, seed, train_prompts, eval_prompts, policy, judge, judge_identity, criterion, gold)
-    except BaseException:
-        r.tracker.finish()
+        with interrupt_signals():
+            out.mkdir(parents=True, exist_ok=True)
+            attempt = Progress.previous_attempt(out) + 1 if resumed else 1
+            if resumed:
+                print(f"rlaif: resuming the unfinished run of this config in {out} (attempt {attempt}, W&B run "
+                      f"{entry['wandb_run_id']}); finished work is reused from the cache", flush=True)
+                if fresh_out.resolve() != out.resolve() and fresh_out.is_dir():
+                    _link_atomic(out, fresh_out / "resumed_run")  # Hydra's new folder points at the run it continues
+            atomic_write_text(out / "resolved_config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+            r = Run(cfg, out, Progress(out, attempt))
+            r.extra.update(data_stats)  # data/duplicates_dropped, data/truncated_prompts -> summary
+            seed = int(cfg.seed)
+            write_records(out / "prompts.jsonl", prompts)
+            criterion = Criterion.from_config(cfg.criteria)
+            judge = instantiate(cfg.judge, _partial_=True)(criterion=criterion, pool=r.pool)  # loads nothing yet
+            if recorded is None:
+                policy = r.pool.resolve(cfg.policy.model)
+                judge_identity = judge.identity
+            else:  # the recorded identities key every downstream stage; weights are found only if one must run
+                policy = _RecordedModel(r.pool, cfg.policy.model, recorded.models.get("policy", ""))
+                judge_identity = recorded.models.get("judge", "")
+            gold = instantiate(cfg.data.gold) if cfg.data.get("gold") else None
+
+            manifest = build_manifest(resolved, {"policy": policy.identity, "judge": judge_identity},
+                                      redact(OmegaConf.to_container(cfg.criteria, resolve=True)), seed)
+            manifest["run"] = {"attempt": attempt, "resumed": resumed is not None,
+                               "wandb_run_id": entry["wandb_run_id"],
+                               "replay_of": str(recorded.folder) if recorded else None}
+            write_json(out / "manifest.json", manifest)
+            r.tracker.start(out, {**resolved, "manifest": {k: v for k, v in manifest.items() if k != "config"}},
+                            name, run_id=entry["wandb_run_id"], resume=resumed is not None)
+            if r.tracker.run_id and r.tracker.run_id != entry["wandb_run_id"]:
+                registry.update(key, entry, wandb_run_id=r.tracker.run_id)
+            summary = _stages(r, cfg, seed, train_prompts, eval_prompts, policy, judge, judge_identity, criterion,
+                              gold, recorded)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", 2)
+        stage = r.progress.state.get("stage") if r is not None else None
+        registry.update(key, entry, status="interrupted")
+        if r is not None:
+            r.progress.set(status="interrupted")
+            with contextlib.suppress(Exception):
+                r.tracker.finish(exit_code=128 + int(signum))
+        where = r.cache.root if r is not None and r.cache.enabled else out
+        print(f"\nrlaif: interrupted; rerun the same command to resume (stopped in the '{stage}' stage; finished "
+              f"batches and checkpoints are kept under {where}; the run folder is {out})", file=sys.stderr, flush=True)
         raise
+    except BaseException:
+        registry.update(key, entry, status="failed")
+        if r is not None:
+            r.progress.set(status="failed")
+            with contextlib.suppress(Exception):
+                r.tracker.finish(exit_code=1)
+        raise
+    progress = r.progress
+    summary.update(progress.counters())
     summary["time/total_s"] = round(time.perf_counter() - t_start, 2)
     summary = {k: _finite_or_none(v) for k, v in summary.items()}
     write_json(out / "summary.json", summary)
     r.tracker.summary(summary)
     location = r.tracker.location
     r.tracker.finish()
+    progress.set(status="finished", stage=None)
+    registry.update(key, entry, status="finished")
     print(format_summary(name, summary, out, location, r.hits))
     return summary
 
 
-def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge_identity, criterion, gold) -> dict:
-    out, pool = r.out, r.pool
-    generator = instantiate(cfg.generator)
-    gen_inputs = {"model": generator.identity(pool), "sampling": generator.sampling_params(), "seed": seed,
-                  "prompts": _prompt_hash(train_prompts), "k": generator.num_candidates}
+def _fit_prompts(cfg: DictConfig, prompts: list[Prompt]) -> tuple[list[Prompt], int]:
+    """Cut prompts longer than ``data.max_prompt_tokens`` (null: the policy's context minus the
+    longest response sampled) as ``data.truncation`` says; returns the prompts and how many were cut.
 
-    # 1. Sample k candidates per training prompt.
+    Needs only the policy's config.json and tokenizer. A replay whose policy cannot be found
+    keeps the prompts as loaded (the recorded ones were cut when they were recorded).
+    """
+    from rlaif.models import ModelResolutionError
+
+    d = cfg.data
+    pool = ModelPool(cfg.cache.dir, cfg.policy.prefer_hub, cfg.policy.trust_remote_code, cfg.policy.allow_pickle)
+    try:
+        policy = pool.resolve(cfg.policy.model)
+    except ModelResolutionError:
+        if cfg.get("replay") in (None, False):
+            raise
+        log.warning("replay: policy.model=%s cannot be found; prompts are not checked against its context",
+                    cfg.policy.model)
+        return prompts, 0
+    new_tokens = max(int(cfg.generator.max_new_tokens), int(cfg.evaluation.max_new_tokens))
+    limit = prompt_token_limit(d.max_prompt_tokens, policy.path, new_tokens)
+    if limit is None:
+        return prompts, 0
+    return truncate_prompts(prompts, pool.tokenizer(cfg.policy.model), limit, d.truncation, d.template)
+
+
+class _RecordedModel:
+    """A model known by its recorded identity (replay): its weights are looked up only when a stage
+    that is not in the cache needs them, so a replay that is all cache hits never touches them."""
+
+    def __init__(self, pool: ModelPool, name: str, identity: str):
+        self.pool, self.name, self.identity = pool, name, identity
+
+    @property
+    def path(self) -> str:
+        resolved = self.pool.resolve(self.name)  # raises ModelResolutionError naming what it tried
+        if resolved.identity != self.identity:
+            log.warning("replay: policy.model=%s is %s, the recorded run used %s; trained and evaluated stages are "
+                        "keyed by the recorded identity", self.name, resolved.identity, self.identity)
+        return resolved.path
+
+
+def _replay_source(cfg: DictConfig, resolved: dict, registry: RunRegistry, train_prompts) -> Recorded | None:
+    """The recorded run a ``replay`` run reads (checked before anything loads), or None."""
+    rp = cfg.get("replay")
+    if rp is None or rp is False or (isinstance(rp, str) and rp.lower() in ("", "false", "null", "none")):
+        return None
+    if rp is True or (isinstance(rp, str) and rp.lower() == "true"):
+        found = registry.latest_finished(replay_key(resolved))
+        if found is None:
+            raise ReplayError("replay=true: no finished run with this config's data, policy, generator, judge, criteria "
+                              "and seed is registered in " + str(registry.root) + ". Create one by running the same "
+                              "command without replay=true, or replay a run folder: replay=outputs/<date>/<time>_<name>")
+        folder = found["output_dir"]
+        log.info("replay: replaying %s", folder)
+    else:
+        folder = rp
+    rec = load_recorded(folder, resolved, train_prompts)
+    print(f"rlaif: replaying the generations and judgments recorded in {rec.folder}", flush=True)
+    return rec
+
+
+def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge_identity, criterion, gold,
+            recorded: Recorded | None = None) -> dict:
+    out, pool = r.out, r.pool
+    chunk = int(OmegaConf.select(cfg, "journal.chunk_prompts", default=8))
+
+    # 1. Sample k candidates per training prompt (batches journaled: a rerun skips finished ones).
+    failures = 0
     with r.timed("generate"):
-        res = r.records_stage("generate", gen_inputs, lambda: {"candidates": generator.sample(
-            pool, train_prompts, seed=seed, desc="generate candidates")}, {"candidates": Candidate})
-    candidates = res["candidates"]
-    if getattr(generator, "failures", 0):
-        log.warning("generate: %d requests failed after retries; those candidates are missing", generator.failures)
-    gen_acct = generator.accounting() if hasattr(generator, "accounting") else {}
+        if recorded is not None:  # replay: the recorded run's candidates; no generator is built
+            candidates = _replayed(r, "generate", recorded, {"candidates": recorded.candidates})["candidates"]
+            gen_acct: dict = {}
+        else:
+            generator = instantiate(cfg.generator)
+            gen_inputs = {"model": generator.identity(pool), "sampling": generator.sampling_params(), "seed": seed,
+                          "prompts": _prompt_hash(train_prompts), "k": generator.num_candidates}
+
+            def _generate(work: StageWork):
+                nonlocal failures
+                cands, failures = _sample_resumable(generator, pool, train_prompts, seed, work.journal("candidates"),
+                                                    chunk)
+                return {"candidates": cands}
+
+            candidates = r.records_stage("generate", gen_inputs, _generate, {"candidates": Candidate})["candidates"]
+            gen_acct = generator.accounting() if hasattr(generator, "accounting") else {}
+    if failures:
+        log.warning("generate: %d requests failed after retries; those candidates are missing", failures)
     gen_metrics = {**{f"generate/api_{k}": v for k, v in gen_acct.items()},
                    "generate/candidates": len(candidates),
                    "generate/mean_tokens": sum(c.num_tokens for c in candidates) / max(len(candidates), 1),
                    "generate/finished_rate": sum(c.finished for c in candidates) / max(len(candidates), 1)}
     r.tracker.log(gen_metrics)
 
-    # 2. Judge them under the criterion (frozen judge; may share the policy's loaded weights).
-    judge_inputs = {"judge": OmegaConf.to_container(cfg.judge, resolve=True), "judge_model": judge_identity,
-                    "criterion": OmegaConf.to_container(cfg.criteria, resolve=True),
-                    "candidates": stable_hash([c.to_dict() for c in candidates]), "prompts": _prompt_hash(train_prompts)}
+    # 2. Judge them under the criterion (frozen judge; may share the policy's loaded weights), in
+    #    journaled groups of `journal.chunk_prompts` prompts.
+    if recorded is None:
+        judge_inputs = {"judge": OmegaConf.to_container(cfg.judge, resolve=True), "judge_model": judge_identity,
+                        "criterion": OmegaConf.to_container(cfg.criteria, resolve=True),
+                        "candidates": stable_hash([c.to_dict() for c in candidates]),
+                        "prompts": _prompt_hash(train_prompts), "chunk_prompts": chunk}
+    else:  # exactly what the recorded run hashed, so its downstream cache entries are found
+        judge_inputs = {"judge": recorded.config["judge"], "judge_model": judge_identity,
+                        "criterion": recorded.config["criteria"],
+                        "candidates": stable_hash([c.to_dict() for c in candidates]),
+                        "prompts": _prompt_hash(train_prompts)}
+        rec_chunk = (recorded.config.get("journal") or {}).get("chunk_prompts")
+        if rec_chunk is not None:
+            judge_inputs["chunk_prompts"] = rec_chunk
     with r.timed("judge"):
-        def _judge():
-            judgments, verdicts = judge.rank(train_prompts, candidates)
-            return {"judgments": judgments, "verdicts": verdicts}
-        res = r.records_stage("judge", judge_inputs, _judge, {"judgments": Judgment, "verdicts": PairwiseVerdict})
+        if recorded is not None:
+            res = _replayed(r, "judge", recorded, {"judgments": recorded.judgments, "verdicts": recorded.verdicts,
+                                                    "judge_members": [{"name": n, "prefs": p}
+                                                                      for n, p in recorded.members.items()]})
+        else:
+            def _judge(work: StageWork):
+                judgments, verdicts, members = rank_in_chunks(judge, train_prompts, candidates, chunk,
+                                                              work.journal("judgments"))
+                return {"judgments": judgments, "verdicts": verdicts,
+                        "judge_members": [{"name": n, "prefs": p} for n, p in members.items()]}
+            res = r.records_stage("judge", judge_inputs, _judge, {"judgments": Judgment, "verdicts": PairwiseVerdict,
+                                                                   "judge_members": dict})
     judgments, verdicts = res["judgments"], res["verdicts"]
+    members = {row["name"]: row["prefs"] for row in res["judge_members"]}
+    judge.remember(train_prompts, candidates, judgments)  # later uses see the values an uninterrupted run kept
 
     # 3. Preference pairs (invalid judgments never enter a pair; they are counted).
     with r.timed("preferences"):
@@ -199,7 +469,6 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
                 swapped = [v for v in verdicts if v.swapped]  # only pairs judged in both orders show position bias
                 d = compute_diagnostics(train_prompts, candidates, judgments, swapped, g or None, judge_identity,
                                         policy.identity)
-                members = getattr(judge, "last_member_prefs", None) or {}
                 if len(members) >= 2:  # a panel just ranked the candidates: how far do its members agree?
                     ija = inter_judge_agreement(members)
                     d.update({f"judge/panel_{k}": v for k, v in ija.items() if k in ("mean_agreement", "mean_cohen_kappa")})
@@ -209,7 +478,8 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
             diag_inputs = {**judge_inputs, "policy": policy.identity, "gold": stable_hash(sorted([list(k), v] for k, v in g.items())),
                            "pairs": stable_hash([p.to_dict() for p in pairs]),
                            "probe_items": int(cfg.diagnostics.probe_items)}
-            diag = r.records_stage("diagnostics", diag_inputs, _diagnose, {"diagnostics": dict})["diagnostics"][0]
+            diag = r.records_stage("diagnostics", diag_inputs, lambda work: _diagnose(),
+                                   {"diagnostics": dict})["diagnostics"][0]
             write_json(out / "diagnostics.json", diag)
             r.tracker.table("judge/diagnostics_table", ["metric", "value"], [[k, v] for k, v in sorted(diag.items())])
             if verdicts:
@@ -239,10 +509,7 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
         optimizer, reward, policy_dir, trained_id, train_metrics = _train_stage(
             r, cfg, seed, train_prompts, candidates, pairs, policy, judge, judge_inputs, criterion, gold,
             offline_budget)
-    link = out / "policy"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    os.symlink(policy_dir, link)
+    _link_atomic(policy_dir, out / "policy")
 
     # 5. Evaluate trained policy vs reference on held-out prompts with the same frozen judge.
     with r.timed("evaluate"):
@@ -257,16 +524,54 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
             for s in samples if s.source == "reference" and (s.prompt_id, s.index) in pol][: int(ev.table_rows)]
     r.tracker.table("eval/samples", ["prompt", "policy", "reference", "gold_policy", "gold_reference"], rows)
 
-    summary = {**gen_metrics, **metrics, **{f"train/{k.removeprefix('train/')}": v for k, v in train_metrics.items()},
-               **r.extra, **eval_metrics, **r.times}
+    train_summary = {f"train/{k.removeprefix('train/')}": v for k, v in train_metrics.items()
+                     if not k.removeprefix("train/").endswith(TRAINER_CLOCK)}
+    summary = {**gen_metrics, **metrics, **train_summary, **r.extra, **eval_metrics, **r.times}
     summary["cache/hits"] = sum(r.hits.values())
     return summary
 
 
+def _replayed(r: Run, stage: str, recorded: Recorded, records: dict[str, list]) -> dict[str, list]:
+    """A replayed stage: the recorded run's records, written to this run folder as a computed stage's are."""
+    r.progress.enter(stage)
+    for name, rows in records.items():
+        write_records(r.out / f"{name}.jsonl", rows)
+    r.hits[stage] = True
+    r.progress.cached(stage, len(next(iter(records.values()), [])))
+    log.info("%s: replayed from %s", stage, recorded.folder)
+    return records
+
+
+def _sample_resumable(generator, pool, prompts: list[Prompt], seed: int, journal: Journal,
+                      chunk: int) -> tuple[list[Candidate], int]:
+    """All candidates for ``prompts``, journaled; returns (candidates, failed requests).
+
+    A generator whose ``sample`` takes a journal (HFGenerator) journals its own seeded batches;
+    any other is called on groups of ``chunk`` prompts, which is the same as one call because its
+    samples do not depend on which prompts share a call (the API generator seeds each request
+    from (seed, candidate index)).
+    """
+    if "journal" in inspect.signature(generator.sample).parameters:
+        cands = generator.sample(pool, prompts, seed=seed, desc="generate candidates", journal=journal)
+        return cands, int(getattr(generator, "failures", 0) or 0)
+    out: list[Candidate] = []
+    failures = 0
+    for n, start in enumerate(range(0, len(prompts), chunk)):
+        ps = prompts[start : start + chunk]
+        items = [p.id for p in ps]
+        done = journal.lookup(n, items)
+        if done is None:
+            cs = generator.sample(pool, ps, seed=seed, desc=f"generate candidates ({start + len(ps)}/{len(prompts)})")
+            failures += int(getattr(generator, "failures", 0) or 0)
+            done = [c.to_dict() for c in cs]
+            journal.append(n, items, done)
+        out += [Candidate.from_dict(row) for row in done]
+    return out, failures
+
+
 def _scratch(r: Run, stage: str, key: str) -> Path:
     """A folder that survives a kill (checkpoints, finished rounds) until the stage's entry is complete."""
-    root = r.cache.root / "checkpoints" if r.cache.enabled else r.out / "checkpoints"
-    return root / stage / key
+    return r.scratch(stage, key)
 
 
 def _online_reward(r: Run, cfg, seed, pairs, candidates, policy, judge, judge_inputs, counters):
@@ -283,15 +588,13 @@ def _online_reward(r: Run, cfg, seed, pairs, candidates, policy, judge, judge_in
         rm_inputs = {"model": policy.identity, "reward_model": rm_cfg, "seed": seed,
                      "pairs": stable_hash([p.to_dict() for p in pairs])}
         key = r.cache.key("reward_model", rm_inputs)
-        hit = r.cache.get("reward_model", key)
-        r.hits["reward_model"] = hit is not None
-        if hit is None:
-            def _build(d: Path):
-                trainer = RewardModelTrainer(**{k: v for k, v in rm_cfg.items() if k != "_target_"})
-                m = trainer.train(policy.path, pairs, d / "model", seed, r.tracker, cfg.policy.trust_remote_code)
-                write_json(d / "reward_model_metrics.json", m)
-            with r.timed("reward_model"):
-                hit = r.cache.put("reward_model", key, _build)
+
+        def _build(d: Path):
+            trainer = RewardModelTrainer(**{k: v for k, v in rm_cfg.items() if k != "_target_"})
+            m = trainer.train(policy.path, pairs, d / "model", seed, r.tracker, cfg.policy.trust_remote_code)
+            write_json(d / "reward_model_metrics.json", m)
+        with r.timed("reward_model"):
+            hit = r.computed_once("reward_model", key, lambda work: _build)
         rm_metrics = _read_json(hit / "reward_model_metrics.json")
         r.tracker.log(rm_metrics)
         r.extra.update(rm_metrics)
@@ -317,7 +620,9 @@ def _train_stage(r: Run, cfg, seed, prompts, candidates, pairs, policy, judge, j
         reward, reward_id = _online_reward(r, cfg, seed, pairs, candidates, policy, judge, judge_inputs, counters)
     budget = _budget(cfg, offline_budget)
     g = cfg.generator
-    train_inputs = {"model": policy.identity, "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
+    opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    opt_cfg.pop("save_steps", None)  # how often to checkpoint does not change the trained policy
+    train_inputs = {"model": policy.identity, "optimizer": opt_cfg,
                     "seed": seed, "prompts": _prompt_hash(prompts),
                     "pairs": stable_hash([p.to_dict() for p in pairs]) if optimizer.needs_pairs else None,
                     "reward": reward_id, "budget": budget.__dict__,
@@ -326,31 +631,53 @@ def _train_stage(r: Run, cfg, seed, prompts, candidates, pairs, policy, judge, j
     if getattr(optimizer, "name", "") in ("self_rewarding", "cai_sft"):  # they judge with the run's criterion
         train_inputs["criterion"] = judge_inputs["criterion"]
     key = r.cache.key("train", train_inputs)
-    hit = r.cache.get("train", key)
-    r.hits["train"] = hit is not None
-    if hit is None:
-        scratch = _scratch(r, "train", key)
+
+    def build(work: StageWork):
+        scratch = work.scratch
+        where, step = _train_resume_point(scratch)
+        if where is not None:
+            log.info("train: resuming from %s", where)
+            print(f"rlaif: training resumes from {where}", flush=True)
+        r.progress.set(train={"resumed_from": where, "resumed_step": step})
         ctx = TrainContext(policy_path=policy.path, output_dir=Path(), seed=seed, prompts=prompts, pairs=pairs,
                            reward=reward, judge=judge, criterion=criterion, gold=gold, tracker=r.tracker,
                            trust_remote_code=cfg.policy.trust_remote_code, checkpoint_dir=scratch,
                            max_new_tokens=int(g.max_new_tokens), temperature=float(g.temperature), top_p=float(g.top_p),
                            budget=budget, counters=counters)
 
-        def _train(d: Path):
+        def write(d: Path):  # trains into the entry's temp folder, checkpointing in the scratch folder
             ctx.output_dir = d / "model"
             last = optimizer.train(ctx)
             shutil.rmtree(d / "model" / "trainer", ignore_errors=True)
             spent = dict(offline_budget) if optimizer.needs_pairs else {}
             for k in ("judge_calls", "generated_tokens"):
                 spent[k] = spent.get(k, 0) + counters.get(k, 0)
-            last = {**last, "train/judge_calls": spent["judge_calls"], "train/generated_tokens": spent["generated_tokens"],
+            last = {**last, "train/judge_calls": spent["judge_calls"],
+                    "train/generated_tokens": spent["generated_tokens"],
                     "train/unscorable_rewards": counters.get("unscorable", 0)}
             write_json(d / "train_metrics.json", last)
             ctx.write_history(d / "train_history.jsonl")
-        hit = r.cache.put("train", key, _train)
-        shutil.rmtree(scratch, ignore_errors=True)
-    shutil.copyfile(hit / "train_history.jsonl", r.out / "train_history.jsonl")
+        return write
+
+    hit = r.computed_once("train", key, build)
+    copy_atomic(hit / "train_history.jsonl", r.out / "train_history.jsonl")
     return optimizer, reward, hit / "model", f"trained:{key}", _read_json(hit / "train_metrics.json")
+
+
+def _train_resume_point(scratch: Path) -> tuple[str | None, int | None]:
+    """The checkpoint a training stage will resume from (TRL trainers, PPO, self-rewarding rounds)."""
+    from rlaif.optimizers.checkpoints import complete_checkpoints
+
+    done = complete_checkpoints(scratch / "trainer", clean=False) or complete_checkpoints(scratch, clean=False)
+    if done:
+        return str(done[-1]), int(done[-1].name.rsplit("-", 1)[1])
+    ppo = sorted(p for p in scratch.glob("ppo-iter-*") if (p / "state.json").exists()) if scratch.exists() else []
+    if ppo:
+        return str(ppo[-1]), int(ppo[-1].name.rsplit("-", 1)[1])
+    rounds = sorted(p for p in scratch.glob("round_*") if (p / "round.json").exists()) if scratch.exists() else []
+    if rounds:
+        return str(rounds[-1]), int(rounds[-1].name.rsplit("_", 1)[1])
+    return None, None
 
 
 def _budget(cfg, offline: dict):
@@ -378,9 +705,10 @@ def _evaluate_stage(r: Run, cfg, seed, prompts, policy, policy_dir, trained_id, 
     eval_seed = seed + 1  # same seed for both policies: paired samples
     ref_inputs = {"reference": policy.identity, "sampling": eval_gen.sampling_params(), "k": k,
                   "prompts": _prompt_hash(prompts), "seed": eval_seed}
-    reference = r.records_stage("evaluate_reference", ref_inputs, lambda: {"eval_reference": eval_gen.generate(
+    reference = r.records_stage("evaluate_reference", ref_inputs, lambda work: {"eval_reference": eval_gen.generate(
         pool.model(cfg.policy.model, eval_gen.dtype), pool.tokenizer(cfg.policy.model), prompts, k, eval_seed,
-        policy.identity, "reference", "evaluate: reference")}, {"eval_reference": Candidate})["eval_reference"]
+        policy.identity, "reference", "evaluate: reference", journal=work.journal("eval_reference"))},
+        {"eval_reference": Candidate})["eval_reference"]
     heldout_cfg = ev.get("heldout_judge")
     eval_inputs = {"policy": trained_id, "reference": ref_inputs, "judge": judge_inputs["judge"],
                    "judge_model": judge_identity, "criterion": judge_inputs["criterion"],
@@ -389,23 +717,25 @@ def _evaluate_stage(r: Run, cfg, seed, prompts, policy, policy_dir, trained_id, 
                    "heldout": OmegaConf.to_container(heldout_cfg, resolve=True) if heldout_cfg else None}
     best_of_n = getattr(optimizer, "name", "") == "best_of_n"
 
-    def _evaluate():
+    def _evaluate(work: StageWork):  # sampling is journaled; scoring the samples is redone after a kill
         tok = pool.tokenizer(cfg.policy.model)
         extra: dict[str, Any] = {}
         if best_of_n:  # n fresh reference samples per slot, the judge keeps its favourite
             n = optimizer.n
             pools = eval_gen.generate(pool.model(cfg.policy.model, eval_gen.dtype), tok, prompts, k * n,
-                                      eval_seed + 7919, policy.identity, "best_of_n", f"evaluate: best-of-{n}")
+                                      eval_seed + 7919, policy.identity, "best_of_n", f"evaluate: best-of-{n}",
+                                      journal=work.journal("best_of_n"))
             if getattr(reward, "references", None):  # a comparative judge: compare with a fresh reference sample
                 refs = eval_gen.generate(pool.model(cfg.policy.model, eval_gen.dtype), tok, prompts, 1,
-                                         eval_seed + 104729, policy.identity, "reference", "evaluate: baseline")
+                                         eval_seed + 104729, policy.identity, "reference", "evaluate: baseline",
+                                         journal=work.journal("baseline"))
                 reward.references.update({c.prompt_id: c.text for c in refs})
             pol, extra = optimizer.select(prompts, pools, reward, k)
             pol_model, kl = None, best_of_n_kl(n)
         else:
             pool.add("trained-policy", str(policy_dir), trained_id)
             pol = eval_gen.generate(pool.model("trained-policy", eval_gen.dtype), tok, prompts, k, eval_seed,
-                                    trained_id, "policy", "evaluate: policy")
+                                    trained_id, "policy", "evaluate: policy", journal=work.journal("policy"))
             pol_model, kl = pool.model("trained-policy", ev.kl_dtype), None
         heldout = None
         if heldout_cfg:

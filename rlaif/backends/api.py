@@ -324,14 +324,20 @@ def option_logprobs(top: list[dict], options: Sequence[str]) -> list[float | Non
     """For each option, the log-prob of the best-ranked top-logprob token equal to it once stripped.
 
     None when the server's top list does not contain the option -- its probability is then below
-    the list's cut-off, which is not the same as zero and is not made up here.
+    the list's cut-off, which is not the same as zero and is not made up here. A matching entry
+    whose log-prob is not a number <= 0 raises ValueError: the response is garbage, and the request
+    counts as failed.
     """
     out: list[float | None] = []
     for option in options:
         best = None
         for entry in top:
             if str(entry["token"]).strip() == option.strip():
-                lp = float(entry["logprob"])
+                lp = entry["logprob"]
+                if isinstance(lp, bool) or not isinstance(lp, (int, float)) or math.isnan(lp) or lp > 1e-4:
+                    raise ValueError(f"the server gave log-prob {lp!r} for token {entry['token']!r}; a log-prob is a "
+                                     "number <= 0")
+                lp = min(float(lp), 0.0)
                 if math.isfinite(lp) and (best is None or lp > best):
                     best = lp
         out.append(best)
@@ -383,8 +389,10 @@ class APIBackend:
                 "APIs have no portable prefill; use a local model (judge.model) for this judge")
         bodies = [self._body(c, max_tokens=1, temperature=0, logprobs=True, top_logprobs=self.top_logprobs)
                   for c in chats]
-        res = self.client.map("chat/completions", bodies, _top_logprobs, what="log-prob requests")
-        return [[None] * len(options) if top is None else option_logprobs(top, options) for top in res]
+        # parsed inside the request, so a garbage log-prob counts as a failed request
+        res = self.client.map("chat/completions", bodies, lambda d: option_logprobs(_top_logprobs(d), options),
+                              what="log-prob requests")
+        return [[None] * len(options) if lps is None else lps for lps in res]
 
     def generate(self, chats: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
                  seed: int = 0) -> list[str | None]:

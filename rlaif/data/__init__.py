@@ -1,22 +1,36 @@
 """Prompt sets: bundled files (``builtin:<path>``), local JSONL/text files.
 
-A JSONL prompt file has one object per line with a ``text`` field (and optionally ``id``); a
-``.txt`` file has one prompt per non-empty line. Problems are reported with the file and line.
+A JSONL prompt file has one object per line with a ``text`` field (``data.text_field``) and
+optionally ``id``; a ``.txt`` file has one prompt per non-empty line. What this module does with
+bad input (every problem is reported with the file and line):
+
+* empty file, malformed JSON, a line that is not an object, a missing/empty/non-string text
+  field (the error lists the fields the line has), non-UTF-8 bytes, a UTF-16 file: an error;
+* a huge file: streamed line by line, only the prompts a run uses are kept in memory
+  (``rlaif.data.files``); a line over ``data.max_line_bytes`` (1 MiB): an error;
+* exact duplicate texts: dropped with a warning and counted (``data/duplicates_dropped``) so no
+  prompt is both trained on and held out (``data.duplicates``: drop | error | keep); duplicate ids:
+  an error;
+* prompts longer than the policy's context: cut by ``truncate_prompts`` (``data.truncation``);
+* prompt texts are data: braces, ``${...}`` and Jinja markup are never interpreted.
 """
 
 from __future__ import annotations
 
-import json
 import random
+from array import array
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from rlaif.data.files import DUPLICATES, MAX_LINE_BYTES, PromptFile, PromptFileError
+from rlaif.data.truncation import TRUNCATION, context_length, prompt_token_limit, truncate_prompts
 from rlaif.types import Prompt
 
 BUILTIN_DIR = Path(__file__).parent
 
-
-class PromptFileError(ValueError):
-    pass
+__all__ = ["BUILTIN_DIR", "DUPLICATES", "MAX_LINE_BYTES", "TRUNCATION", "PromptFile", "PromptFileError",
+           "context_length", "load_prompts", "load_prompts_with_stats", "open_prompt_file", "prompt_token_limit",
+           "read_prompt_file", "require_columns", "resolve_path", "truncate_prompts"]
 
 
 def resolve_path(path: str) -> Path:
@@ -25,63 +39,67 @@ def resolve_path(path: str) -> Path:
     return Path(path).expanduser()
 
 
-def read_prompt_file(path: str, text_field: str = "text") -> list[tuple[str, str, str]]:
-    """Return (id, text, source) per prompt. Raises PromptFileError naming the file and line."""
-    p = resolve_path(path)
-    if not p.exists():
-        raise PromptFileError(f"prompt file {p} does not exist (data.path={path})")
-    try:
-        raw = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = p.read_bytes()[: e.start].count(b"\n") + 1
-        raise PromptFileError(f"{p}:{line}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
-    items: list[tuple[str, str, str]] = []
-    is_jsonl = p.suffix in {".jsonl", ".json"}
-    for lineno, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{p}:{lineno}"
-        if is_jsonl:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptFileError(f"{where}: malformed JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise PromptFileError(f"{where}: expected a JSON object with a '{text_field}' field")
-            text = row.get(text_field)
-            if not isinstance(text, str) or not text.strip():
-                raise PromptFileError(f"{where}: missing or empty '{text_field}' field (data.text_field={text_field})")
-            pid = str(row.get("id", f"{p.stem}-{lineno}"))
-        else:
-            text, pid = line.strip(), f"{p.stem}-{lineno}"
-        items.append((pid, text.strip(), where))
-    if not items:
-        raise PromptFileError(f"{p}: the prompt file is empty; it needs at least one prompt")
-    seen: dict[str, str] = {}
-    for pid, _, where in items:
-        if pid in seen:
-            raise PromptFileError(f"{where}: duplicate prompt id '{pid}' (first at {seen[pid]})")
-        seen[pid] = where
-    return items
+def open_prompt_file(path: str, text_field: str = "text", duplicates: str = "drop",
+                     max_line_bytes: int = MAX_LINE_BYTES) -> PromptFile:
+    return PromptFile(resolve_path(path), text_field, duplicates, max_line_bytes, shown_as=path)
+
+
+def read_prompt_file(path: str, text_field: str = "text", duplicates: str = "drop",
+                     max_line_bytes: int = MAX_LINE_BYTES) -> list[tuple[str, str, str]]:
+    """Every prompt of a file as (id, text, source). Raises PromptFileError naming the file and line."""
+    f = open_prompt_file(path, text_field, duplicates, max_line_bytes)
+    return f.read(range(len(f)))
+
+
+def load_prompts_with_stats(path: str, template: str = "{text}", system: str | None = None,
+                            num_train: int | None = None, num_eval: int = 0, split_seed: int = 0,
+                            text_field: str = "text", duplicates: str = "drop",
+                            max_line_bytes: int = MAX_LINE_BYTES) -> tuple[list[Prompt], dict[str, int]]:
+    """Load, shuffle with ``split_seed`` and split into eval then train prompts.
+
+    Only the ``num_eval + num_train`` prompts drawn are read into memory. Returns the prompts and
+    ``{"data/prompts_in_file", "data/duplicates_dropped"}``.
+    """
+    f = open_prompt_file(path, text_field, duplicates, max_line_bytes)
+    n = len(f)
+    need = (num_train or 0) + num_eval
+    if need > n:
+        dropped = f" after dropping {f.duplicates_dropped} duplicate texts" if f.duplicates_dropped else ""
+        raise PromptFileError(
+            f"{f.path} has {n} prompts{dropped} but data.num_train + data.num_eval = {need}; lower them"
+        )
+    # The same shuffle as over a list of every index (an array holds it in 8 bytes per prompt).
+    order = array("q", range(n))
+    random.Random(split_seed).shuffle(order)
+    eval_idx = sorted(order[:num_eval])
+    train_idx = sorted(order[num_eval:] if num_train is None else order[num_eval : num_eval + num_train])
+    items = f.read(eval_idx + train_idx)
+    prompts = []
+    for k, (pid, text, where) in enumerate(items):
+        content = template.format(text=text)  # the template is formatted; the text is inserted as data
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+        prompts.append(Prompt(pid, text, msgs, "eval" if k < len(eval_idx) else "train", where))
+    stats = {"data/prompts_in_file": f.rows_in_file, "data/duplicates_dropped": f.duplicates_dropped}
+    return prompts, stats
 
 
 def load_prompts(path: str, template: str = "{text}", system: str | None = None, num_train: int | None = None,
-                 num_eval: int = 0, split_seed: int = 0, text_field: str = "text") -> list[Prompt]:
-    """Load, shuffle with ``split_seed`` and split into train / eval prompts."""
-    items = read_prompt_file(path, text_field)
-    need = (num_train or 0) + num_eval
-    if need > len(items):
-        raise PromptFileError(
-            f"{resolve_path(path)} has {len(items)} prompts but data.num_train + data.num_eval = {need}; lower them"
-        )
-    order = list(range(len(items)))
-    random.Random(split_seed).shuffle(order)
-    eval_idx = set(order[:num_eval])
-    train_idx = order[num_eval:] if num_train is None else order[num_eval : num_eval + num_train]
-    prompts = []
-    for i in sorted(eval_idx) + sorted(train_idx):
-        pid, text, where = items[i]
-        content = template.format(text=text)
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
-        prompts.append(Prompt(pid, text, msgs, "eval" if i in eval_idx else "train", where))
-    return prompts
+                 num_eval: int = 0, split_seed: int = 0, text_field: str = "text", duplicates: str = "drop",
+                 max_line_bytes: int = MAX_LINE_BYTES) -> list[Prompt]:
+    """``load_prompts_with_stats`` without the counts."""
+    return load_prompts_with_stats(path, template, system, num_train, num_eval, split_seed, text_field, duplicates,
+                                   max_line_bytes)[0]
+
+
+def require_columns(available: Iterable[str], needed: Mapping[str, str], source: str, setting: str) -> None:
+    """Check that a dataset has the columns a mapping reads, before any row is read.
+
+    ``needed`` maps each role to the column it is read from (``{"prompt": "question", ...}``);
+    ``setting`` names the config that chose the mapping. The error names every missing column, the
+    dataset and the columns it does have.
+    """
+    have = [str(c) for c in available]
+    missing = [f"'{col}' (for {role})" for role, col in needed.items() if col is not None and col not in have]
+    if missing:
+        raise PromptFileError(f"{source} has no column {', '.join(missing)}; its columns are: "
+                              f"{', '.join(have) or 'none'}. Fix {setting} to name existing columns")

@@ -1,7 +1,11 @@
 """Batched sampling with transformers.
 
 k candidates per prompt; every batch is seeded from (seed, batch number), so the same config
-and seed give the same candidates on the same machine.
+and seed give the same candidates on the same machine. That is also what makes generation
+resumable: with a ``journal`` (rlaif/journal.py) each finished batch is recorded, and a rerun
+reads finished batches back instead of sampling them -- the batches it still samples get the
+same seeds as in an uninterrupted run, so the result is identical. Keep it that way: nothing
+may make a batch depend on the batches before it (no RNG state carried across batches).
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ class HFGenerator:
         return pool.resolve(self.model_name).identity
 
     def sample(self, pool, prompts: list[Prompt], k: int | None = None, seed: int = 0, source: str = "policy",
-               desc: str = "generate") -> list[Candidate]:
+               desc: str = "generate", journal=None) -> list[Candidate]:
         """Sample from the configured model, loaded (once, shared) through the pool."""
         return self.generate(pool.model(self.model_name, self.dtype), pool.tokenizer(self.model_name), prompts, k,
-                             seed, self.identity(pool), source, desc)
+                             seed, self.identity(pool), source, desc, journal=journal)
 
     def sampling_params(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
@@ -40,7 +44,8 @@ class HFGenerator:
 
     @torch.no_grad()
     def generate(self, model, tokenizer, prompts: list[Prompt], k: int | None = None, seed: int = 0,
-                 model_id: str = "", source: str = "policy", desc: str = "generate") -> list[Candidate]:
+                 model_id: str = "", source: str = "policy", desc: str = "generate", journal=None) -> list[Candidate]:
+        """k samples per prompt, in prompt order. ``journal``: skip the batches it holds, record the others."""
         k = k or self.num_candidates
         jobs = [(p, i) for p in prompts for i in range(k)]
         eos_ids = {tokenizer.eos_token_id}
@@ -51,6 +56,12 @@ class HFGenerator:
         bar = tqdm(total=len(jobs), desc=desc, unit="sample")
         for b, s in enumerate(range(0, len(jobs), self.batch_size)):
             batch = jobs[s : s + self.batch_size]
+            items = [[p.id, i] for p, i in batch]
+            done = journal.lookup(b, items) if journal is not None else None
+            if done is not None:  # finished before an interruption
+                out += [Candidate.from_dict(r) for r in done]
+                bar.update(len(batch))
+                continue
             input_ids, attn, _ = left_pad([chat_prefix_ids(tokenizer, p.messages) for p, _ in batch],
                                           tokenizer.pad_token_id)
             width = input_ids.shape[1]
@@ -62,6 +73,7 @@ class HFGenerator:
                 eos_token_id=list(eos_ids),
             )
             new = gen[:, width:].cpu()
+            made = []
             for r, (p, i) in enumerate(batch):
                 ids = new[r].tolist()
                 n, finished = len(ids), False
@@ -70,7 +82,10 @@ class HFGenerator:
                         n, finished = t + 1, True
                         break
                 text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
-                out.append(Candidate(p.id, i, text, n, finished, model_id, source))
+                made.append(Candidate(p.id, i, text, n, finished, model_id, source))
+            if journal is not None:
+                journal.append(b, items, [c.to_dict() for c in made])
+            out += made
             bar.update(len(batch))
         bar.close()
         return out

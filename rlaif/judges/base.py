@@ -10,6 +10,12 @@ Every judge, whatever its kind, offers the same four uses:
 
 Pointwise kinds implement ``score``; comparative kinds implement ``compare`` and override
 ``rank``. A judge never trains: it holds frozen weights for the whole run.
+
+The pipeline labels preference data with ``rank_in_chunks``: ``rank`` on groups of prompts, each
+group recorded in a journal so that a killed run resumes after the last finished group. A
+group's verdicts depend only on its own prompts and candidates (pointwise scores are per
+candidate, comparisons stay within a prompt, a pairwise judge's ``swap_fraction`` picks pairs
+by hashing (seed, prompt, texts)), so resuming gives the same labels as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -54,6 +60,24 @@ class Judge:
                 memo.clear()
             memo.update({k: known[k] for k in todo})
         return [known[k] for k in keys]
+
+    def remember(self, prompts: list[Prompt], candidates: list[Candidate], judgments: list[Judgment]) -> None:
+        """Put scores this judge gave earlier (read back from a journal or the cache) into the memo.
+
+        An uninterrupted run keeps every score of the labelling stage in memory, and probes,
+        evaluation and online rewards reuse them; a resumed run must see the same values, not
+        values recomputed in differently composed batches. Pointwise judges only (a judgment's
+        score is then the judge's score of that response).
+        """
+        memo = getattr(self, "_memo", None)
+        if not self.pointwise or memo is None:
+            return
+        by_id = {p.id: p for p in prompts}
+        text = {(c.prompt_id, c.index): c.text for c in candidates}
+        for j in judgments:
+            if j.prompt_id in by_id and (j.prompt_id, j.index) in text and len(memo) < self.MEMO_LIMIT:
+                memo.setdefault((json.dumps(by_id[j.prompt_id].messages, sort_keys=True), text[(j.prompt_id, j.index)]),
+                                j.score)
 
     @property
     def name(self) -> str:
@@ -177,3 +201,43 @@ def rank_by_pairs(judge: Judge, prompts: list[Prompt], candidates: list[Candidat
         judgments.append(Judgment(c.prompt_id, c.index, sum(w) / len(w) if w else None, judge.name,
                                   judge.criterion.name, {"comparisons": len(w or [])}))
     return judgments, verdicts
+
+
+def rank_in_chunks(judge: Judge, prompts: list[Prompt], candidates: list[Candidate], chunk_prompts: int,
+                   journal=None) -> tuple[list[Judgment], list[PairwiseVerdict], dict[str, list[float | None]]]:
+    """``judge.rank`` over groups of ``chunk_prompts`` prompts, each group journaled when finished.
+
+    Returns the judgments and verdicts (in candidate / comparison order, as one ``rank`` call
+    would give them) and, for a panel, each member's preference per verdict (``last_member_prefs``
+    concatenated over the groups). Groups found in ``journal`` are read back, not judged again.
+    """
+    from rlaif.types import Judgment as J
+    from rlaif.types import PairwiseVerdict as V
+
+    chunk_prompts = max(int(chunk_prompts), 1)
+    by_prompt: dict[str, list[Candidate]] = defaultdict(list)
+    for c in candidates:
+        by_prompt[c.prompt_id].append(c)
+    judgments: list[Judgment] = []
+    verdicts: list[PairwiseVerdict] = []
+    members: dict[str, list[float | None]] = {}
+    for n, start in enumerate(range(0, len(prompts), chunk_prompts)):
+        ps = prompts[start : start + chunk_prompts]
+        cs = [c for p in ps for c in by_prompt.get(p.id, [])]
+        if not cs:
+            continue
+        items = [[c.prompt_id, c.index] for c in cs]
+        done = journal.lookup(n, items) if journal is not None else None
+        if done is not None:
+            rec = done[0]
+        else:
+            js, vs = judge.rank(ps, cs)
+            rec = {"judgments": [j.to_dict() for j in js], "verdicts": [v.to_dict() for v in vs],
+                   "members": dict(getattr(judge, "last_member_prefs", None) or {}) if vs else {}}
+            if journal is not None:
+                journal.append(n, items, [rec])
+        judgments += [J.from_dict(d) for d in rec["judgments"]]
+        verdicts += [V.from_dict(d) for d in rec["verdicts"]]
+        for name, prefs in rec["members"].items():
+            members.setdefault(name, []).extend(prefs)
+    return judgments, verdicts, members

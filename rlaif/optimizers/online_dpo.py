@@ -17,7 +17,14 @@ import os
 from pathlib import Path
 
 from rlaif.optimizers.base import TrainContext, lora_config
-from rlaif.optimizers.trl_online import CountingReward, budget_max_steps, common_args, finish, log_forwarder
+from rlaif.optimizers.trl_online import (
+    CountingReward,
+    budget_max_steps,
+    common_args,
+    log_forwarder,
+    resumer,
+    train_resumable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +55,8 @@ class OnlineDPOOptimizer:
                  missing_eos_penalty: float | None = None, lr_scheduler: str = "linear", warmup_ratio: float = 0.0,
                  max_grad_norm: float = 1.0, gradient_checkpointing: bool = False, dtype: str = "float32",
                  mixed_precision: str = "no", lora: dict | None = None, logging_steps: int = 1,
-                 reward_source: str = "judge", reward_reference: str | None = None, **_unused):
+                 reward_source: str = "judge", reward_reference: str | None = None, save_steps: int | None = 10,
+                 **_unused):
         if loss_type not in ("sigmoid", "ipo"):
             raise ValueError(f"optimizer.loss_type='{loss_type}': online DPO supports sigmoid or ipo")
         self.beta, self.loss_type, self.learning_rate = beta, loss_type, learning_rate
@@ -59,6 +67,7 @@ class OnlineDPOOptimizer:
         self.gradient_checkpointing, self.dtype, self.mixed_precision = gradient_checkpointing, dtype, mixed_precision
         self.lora = dict(lora or {})
         self.logging_steps = logging_steps
+        self.save_steps = save_steps
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Sample two responses per prompt, let ``ctx.reward`` pick, DPO-update; save to ``ctx.output_dir``."""
@@ -74,7 +83,8 @@ class OnlineDPOOptimizer:
         model = load_causal_lm(ctx.policy_path, self.dtype, ctx.trust_remote_code)
         reward = _PairCountingReward(ctx, tok, model)
         args = OnlineDPOConfig(
-            **common_args(self, ctx.seed, output_dir, self.max_steps), disable_dropout=True, beta=[self.beta],
+            **common_args(self, ctx.seed, output_dir, self.max_steps, ctx.checkpoint_dir), disable_dropout=True,
+            beta=[self.beta],
             loss_type=self.loss_type, max_new_tokens=max_new, max_length=self.max_length,
             temperature=self.temperature if self.temperature is not None else ctx.temperature, top_p=ctx.top_p,
             missing_eos_penalty=self.missing_eos_penalty, use_vllm=False, trust_remote_code=ctx.trust_remote_code,
@@ -88,9 +98,10 @@ class OnlineDPOOptimizer:
         data = Dataset.from_list([{"prompt": p.messages} for p in ctx.prompts])
         last: dict[str, float] = {}
         fwd = log_forwarder(ctx.log, last, "online DPO", "lower optimizer.learning_rate or raise optimizer.beta")
+        resume = resumer(args, ctx, last, reward)
         trainer = OnlineDPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data,
-                                   processing_class=tok, peft_config=lora_config(self.lora), callbacks=[fwd])
-        trainer.train()
-        out = finish(trainer, tok, output_dir, last, ctx, reward)
+                                   processing_class=tok, peft_config=lora_config(self.lora),
+                                   callbacks=[c for c in (resume, fwd) if c])
+        out = train_resumable(trainer, resume, tok, output_dir, last, ctx, reward)
         out["train/unscorable_pairs"] = float(reward.unscorable_pairs)
         return out

@@ -7,9 +7,11 @@ reference in the loss; RLOO (Ahmadian et al. 2024) against the mean of the other
 sequence-level KL penalty folded into the reward. These classes only translate our config and
 ``TrainContext`` into TRL's arguments; they add no algorithm of their own.
 
-The helpers below (log forwarding, counting reward, budget -> steps) are shared by every TRL-based
-optimizer in this package. Unscorable responses (NaN rewards) are left to TRL, which drops them from
-the group baseline and gives them zero advantage.
+The helpers below (log forwarding, counting reward, budget -> steps, checkpointing) are shared by
+every TRL-based optimizer in this package. Checkpoints go to ``ctx.checkpoint_dir`` every
+``optimizer.save_steps`` steps and a rerun resumes from the newest (rlaif/optimizers/checkpoints.py).
+Unscorable responses (NaN rewards) are left to TRL, which drops them from the group baseline and
+gives them zero advantage.
 """
 
 from __future__ import annotations
@@ -118,18 +120,45 @@ def budget_max_steps(ctx: TrainContext, per_generation: int, micro_steps_per_gen
     return steps
 
 
-def common_args(opt, seed: int, output_dir: Path, max_steps: int | None = None) -> dict[str, Any]:
-    """TrainingArguments shared by every TRL trainer we wrap (``opt`` holds our config keys)."""
+def common_args(opt, seed: int, output_dir: Path, max_steps: int | None = None,
+                checkpoint_dir: Path | None = None) -> dict[str, Any]:
+    """TrainingArguments shared by every TRL trainer we wrap (``opt`` holds our config keys).
+
+    With ``checkpoint_dir`` and ``opt.save_steps``, checkpoints are saved there every ``save_steps``
+    optimizer steps (see rlaif/optimizers/checkpoints.py); otherwise none are written.
+    """
+    from rlaif.optimizers.checkpoints import checkpoint_args
+
+    saving = checkpoint_args(getattr(opt, "save_steps", None), Path(checkpoint_dir) if checkpoint_dir else None,
+                             output_dir, opt.logging_steps)
     return dict(
-        output_dir=str(output_dir / "trainer"), learning_rate=opt.learning_rate,
+        **saving, learning_rate=opt.learning_rate,
         num_train_epochs=opt.epochs, max_steps=max_steps if max_steps is not None else -1,
         per_device_train_batch_size=opt.batch_size, gradient_accumulation_steps=opt.grad_accum,
         warmup_steps=opt.warmup_ratio, lr_scheduler_type=opt.lr_scheduler, max_grad_norm=opt.max_grad_norm,
-        logging_steps=opt.logging_steps, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
+        logging_steps=opt.logging_steps, report_to=[], seed=seed, data_seed=seed,
+        logging_nan_inf_filter=False,  # log a NaN loss as NaN (the default averages it away, logging 0.0)
         bf16=opt.dtype == "bfloat16" or opt.mixed_precision == "bf16", fp16=False,
         gradient_checkpointing=opt.gradient_checkpointing, dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
+
+
+def resumer(args, ctx: TrainContext, last: dict[str, float], reward=None):
+    """The checkpoint callback for a trainer that saves checkpoints (None when it does not)."""
+    from rlaif.optimizers.checkpoints import TrainerResume
+
+    saves = getattr(args.save_strategy, "value", args.save_strategy) not in ("no", None)
+    return TrainerResume(ctx, last, reward) if saves else None
+
+
+def train_resumable(trainer, resume, tokenizer, output_dir: Path, last: dict[str, float], ctx: TrainContext,
+                    reward: CountingReward | None = None) -> dict[str, float]:
+    """``trainer.train()``, from the newest checkpoint when there is one; then ``finish``."""
+    if resume is not None:
+        resume.attach(trainer)
+    trainer.train(resume_from_checkpoint=resume.resume_from if resume is not None else None)
+    return finish(trainer, tokenizer, output_dir, last, ctx, reward)
 
 
 def finish(trainer, tokenizer, output_dir: Path, last: dict[str, float], ctx: TrainContext,
@@ -161,7 +190,7 @@ class _OnlineBase:
                  max_grad_norm: float = 1.0, mask_truncated_completions: bool = False,
                  gradient_checkpointing: bool = False, dtype: str = "float32", mixed_precision: str = "no",
                  lora: dict | None = None, logging_steps: int = 1, reward_source: str = "judge",
-                 reward_reference: str | None = None, **_unused):
+                 reward_reference: str | None = None, save_steps: int | None = 10, **_unused):
         if num_generations < 2:
             raise ValueError(f"optimizer.num_generations={num_generations}: a group needs at least 2 responses")
         if (batch_size * grad_accum) % num_generations:
@@ -176,6 +205,7 @@ class _OnlineBase:
         self.gradient_checkpointing, self.dtype, self.mixed_precision = gradient_checkpointing, dtype, mixed_precision
         self.lora = dict(lora or {})
         self.logging_steps = logging_steps
+        self.save_steps = save_steps
 
     # what the subclass adds
     def _trainer_classes(self):
@@ -197,7 +227,7 @@ class _OnlineBase:
         model = load_causal_lm(ctx.policy_path, self.dtype, ctx.trust_remote_code)
         reward = CountingReward(ctx, tok, model)
         args = config_cls(
-            **common_args(self, ctx.seed, output_dir, self.max_steps), disable_dropout=True,
+            **common_args(self, ctx.seed, output_dir, self.max_steps, ctx.checkpoint_dir), disable_dropout=True,
             num_generations=self.num_generations, max_completion_length=max_new,
             temperature=self.temperature if self.temperature is not None else ctx.temperature, top_p=ctx.top_p,
             beta=self.beta, epsilon=self.epsilon, num_iterations=self.num_iterations,
@@ -219,10 +249,11 @@ class _OnlineBase:
         last: dict[str, float] = {}
         fwd = log_forwarder(ctx.log, last, self.name.upper(),
                             "lower optimizer.learning_rate or check the reward for extreme values")
+        resume = resumer(args, ctx, last, reward)
         trainer = trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=data,
-                              processing_class=tok, peft_config=lora_config(self.lora), callbacks=[fwd])
-        trainer.train()
-        return finish(trainer, tok, output_dir, last, ctx, reward)
+                              processing_class=tok, peft_config=lora_config(self.lora),
+                              callbacks=[c for c in (resume, fwd) if c])
+        return train_resumable(trainer, resume, tok, output_dir, last, ctx, reward)
 
 
 class GRPOOptimizer(_OnlineBase):
