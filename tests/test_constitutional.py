@@ -4,6 +4,7 @@ on its revisions; every step is recorded in revisions.jsonl with the principle i
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +120,41 @@ def test_config_keys_reach_the_optimizer():
         if key not in {"_target_", "name"}:
             assert getattr(opt, key) == value, f"optimizer.{key} is not used"
     assert not opt.needs_reward and not opt.needs_pairs
+
+
+def _cai_ctx(tiny_model, out, ckpt):
+    return TrainContext(policy_path=tiny_model, output_dir=out, seed=3, prompts=make_prompts(),
+                        criterion=load_criterion("constitution"), max_new_tokens=8, checkpoint_dir=ckpt)
+
+
+_CAI = dict(learning_rate=1e-2, batch_size=1, critique_max_new_tokens=8, save_steps=1)
+
+
+def test_cai_sft_killed_mid_training_resumes_to_the_same_weights(tiny_model, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ckpt = tmp_path / "ckpt"
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "from test_constitutional import _cai_ctx, _CAI\n"
+              "from rlaif.optimizers.constitutional import ConstitutionalSFT\n"
+              f"ConstitutionalSFT(**_CAI).train(_cai_ctx({tiny_model!r}, {str(tmp_path / 'killed')!r}, {str(ckpt)!r}))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(ckpt.glob("checkpoint-*/rlaif_state.json")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert (ckpt / "revisions.jsonl").exists()  # sampled once, kept for the rerun
+
+    resumed = _cai_ctx(tiny_model, tmp_path / "resumed", ckpt)
+    ConstitutionalSFT(**_CAI).train(resumed)
+    whole = _cai_ctx(tiny_model, tmp_path / "whole", tmp_path / "fresh-ckpt")
+    ConstitutionalSFT(**_CAI).train(whole)
+    assert read_jsonl(tmp_path / "resumed" / "revisions.jsonl") == read_jsonl(tmp_path / "whole" / "revisions.jsonl")
+    assert resumed.counters["generated_tokens"] == whole.counters["generated_tokens"]
+    a, b = weights(tmp_path / "resumed"), weights(tmp_path / "whole")
+    assert all(torch.equal(a[k], b[k]) for k in b)

@@ -13,12 +13,14 @@ afterwards with a principle-aware judge.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
 
-from rlaif.optimizers.base import TrainContext, lora_config, save_policy
-from rlaif.optimizers.trl_online import common_args, log_forwarder
+from rlaif.io import read_jsonl, write_json, write_records
+from rlaif.optimizers.base import TrainContext, lora_config
+from rlaif.optimizers.trl_online import common_args, log_forwarder, resumer, train_resumable
 from rlaif.types import Prompt
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ class ConstitutionalSFT:
                  epochs: float = 1, batch_size: int = 8, grad_accum: int = 1, max_length: int = 512,
                  lr_scheduler: str = "linear", warmup_ratio: float = 0.0, max_grad_norm: float = 1.0,
                  gradient_checkpointing: bool = False, dtype: str = "float32", mixed_precision: str = "no",
-                 lora: dict | None = None, logging_steps: int = 1, **_unused):
+                 lora: dict | None = None, logging_steps: int = 1, save_steps: int | None = 10, **_unused):
         for key, template in (("critique_request", critique_request), ("revision_request", revision_request)):
             if "{principle}" not in template:
                 raise ValueError(f"optimizer.{key} must contain {{principle}}: {template!r}")
@@ -68,6 +70,7 @@ class ConstitutionalSFT:
         self.gradient_checkpointing, self.dtype, self.mixed_precision = gradient_checkpointing, dtype, mixed_precision
         self.lora = dict(lora or {})
         self.logging_steps = logging_steps
+        self.save_steps = save_steps
 
     # -- the constitution ---------------------------------------------------------------------------
     @staticmethod
@@ -143,13 +146,11 @@ class ConstitutionalSFT:
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Write revisions.jsonl, fine-tune on the used revisions, save the policy to ``ctx.output_dir``."""
-        import shutil
 
         import torch
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        from rlaif.io import write_records
         from rlaif.models import load_causal_lm, load_tokenizer
 
         output_dir = Path(ctx.output_dir)
@@ -158,7 +159,16 @@ class ConstitutionalSFT:
         if torch.cuda.is_available():  # sample on the GPU; the trainer places the model itself afterwards
             model.to("cuda")
         model.eval()
-        records = self.revise(ctx, self.sampler(model, tok, ctx))
+        # The revisions are kept beside the checkpoints: a rerun after a kill does not sample them again.
+        saved = Path(ctx.checkpoint_dir) / "revisions.jsonl" if ctx.checkpoint_dir else None
+        if saved is not None and saved.exists() and (saved.parent / "revisions_counters.json").exists():
+            records = read_jsonl(saved)
+            ctx.counters.update(json.loads((saved.parent / "revisions_counters.json").read_text()))
+        else:
+            records = self.revise(ctx, self.sampler(model, tok, ctx))
+            if saved is not None:
+                write_records(saved, records)
+                write_json(saved.parent / "revisions_counters.json", dict(ctx.counters))
         write_records(output_dir / "revisions.jsonl", records)
         by_id = {p.id: p for p in ctx.prompts}
         used = [r for r in records if r["used"]]
@@ -172,14 +182,12 @@ class ConstitutionalSFT:
                              "reword optimizer.revision_request")
         data = Dataset.from_list([{"prompt": by_id[r["prompt_id"]].messages,
                                    "completion": [{"role": "assistant", "content": r["revision"]}]} for r in used])
-        args = SFTConfig(**common_args(self, ctx.seed, output_dir), completion_only_loss=True,
-                         max_length=self.max_length, packing=False, dataset_num_proc=None)
+        args = SFTConfig(**common_args(self, ctx.seed, output_dir, checkpoint_dir=ctx.checkpoint_dir),
+                         completion_only_loss=True, max_length=self.max_length, packing=False, dataset_num_proc=None)
         last: dict[str, float] = {}
+        resume = resumer(args, ctx, last)
         fwd = log_forwarder(ctx.log, last, "CAI SFT", "lower optimizer.learning_rate")
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
-                             peft_config=lora_config(self.lora), callbacks=[fwd])
-        trainer.train()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_policy(trainer.model, tok, output_dir)
-        shutil.rmtree(output_dir / "trainer", ignore_errors=True)
-        return {**last, **counts, "train/generated_tokens": float(ctx.counters.get("generated_tokens", 0))}
+                             peft_config=lora_config(self.lora), callbacks=[c for c in (resume, fwd) if c])
+        out = train_resumable(trainer, resume, tok, output_dir, last, ctx)
+        return {**out, **counts, "train/generated_tokens": float(ctx.counters.get("generated_tokens", 0))}
