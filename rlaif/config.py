@@ -254,6 +254,16 @@ def validate(cfg: DictConfig) -> None:
                 f"policy's sample)); optimizer.reward_source=reward_model (distilled RLAIF: a reward model trained "
                 f"on the judge's preference pairs); or a pointwise judge (judge=contrastive, pointwise, "
                 f"reward_model or rule)")
+        if c.get("optimizer.reward_source") == "reward_model":
+            c.need("reward_model.learning_rate", "number", low=0, low_open=True)
+            c.need("reward_model.epochs", "number", low=0, low_open=True)
+            c.need("reward_model.batch_size", "int", low=1)
+            c.need("reward_model.grad_accum", "int", low=1)
+            c.need("reward_model.max_length", "int", low=8)
+            c.need("reward_model.eval_fraction", "number", low=0, high=0.99)
+            c.need("reward_model.save_steps", "int", low=1, optional=True)
+            c.need("reward_model.dtype", "str", choices=("float32", "bfloat16"))
+    c.need("optimizer.save_steps", "int", low=1, optional=True)
     if oname in ("ppo",):
         c.need("optimizer.learning_rate", "number", low=0, low_open=True)
         c.need("optimizer.kl_coef", "number", low=0)

@@ -585,16 +585,26 @@ def _online_reward(r: Run, cfg, seed, pairs, candidates, policy, judge, judge_in
         from rlaif.optimizers.reward_model import RewardModelTrainer
 
         rm_cfg = OmegaConf.to_container(cfg.reward_model, resolve=True)
-        rm_inputs = {"model": policy.identity, "reward_model": rm_cfg, "seed": seed,
+        rm_key_cfg = {k: v for k, v in rm_cfg.items() if k != "save_steps"}  # checkpointing changes no weight
+        rm_inputs = {"model": policy.identity, "reward_model": rm_key_cfg, "seed": seed,
                      "pairs": stable_hash([p.to_dict() for p in pairs])}
         key = r.cache.key("reward_model", rm_inputs)
 
-        def _build(d: Path):
-            trainer = RewardModelTrainer(**{k: v for k, v in rm_cfg.items() if k != "_target_"})
-            m = trainer.train(policy.path, pairs, d / "model", seed, r.tracker, cfg.policy.trust_remote_code)
-            write_json(d / "reward_model_metrics.json", m)
+        def _build_in(work: StageWork):
+            where, step = _train_resume_point(work.scratch)
+            if where is not None:
+                log.info("reward_model: resuming from %s", where)
+                print(f"rlaif: reward-model training resumes from {where}", flush=True)
+            r.progress.set(reward_model={"resumed_from": where, "resumed_step": step})
+
+            def _build(d: Path):  # checkpoints go to the scratch folder, which outlives a kill
+                trainer = RewardModelTrainer(**{k: v for k, v in rm_cfg.items() if k != "_target_"})
+                m = trainer.train(policy.path, pairs, d / "model", seed, r.tracker, cfg.policy.trust_remote_code,
+                                  checkpoint_dir=work.scratch)
+                write_json(d / "reward_model_metrics.json", m)
+            return _build
         with r.timed("reward_model"):
-            hit = r.computed_once("reward_model", key, lambda work: _build)
+            hit = r.computed_once("reward_model", key, _build_in)
         rm_metrics = _read_json(hit / "reward_model_metrics.json")
         r.tracker.log(rm_metrics)
         r.extra.update(rm_metrics)

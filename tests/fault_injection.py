@@ -4,11 +4,13 @@ the outputs of an uninterrupted run.
 
     python tests/fault_injection.py --kills 6 --seed 0            # tiny model (tests/conftest.py), ~2 min
     python tests/fault_injection.py --kills 6 --seed 0 --embedded # real SmolLM2-135M reduced quickstart
+    python tests/fault_injection.py --kills 6 --optimizer grpo --distilled  # reward-model training too
     pytest -m slow tests/test_resume.py -k fault_injection        # the same, as a test
 
 Each attempt is the *same* `python -m rlaif ...` command in the same working folder (Hydra gives
 it a new timestamped folder; the run registry sends it back to the run it continues). Kill
-points are drawn with ``--seed``: the stages (generate, judge, train, evaluate) in pipeline order,
+points are drawn with ``--seed``: the stages (generate, judge, train, evaluate; with
+``--distilled``, also reward_model between judge and train) in pipeline order,
 each at least once when there are enough kills, and within a stage a random number of finished
 batches or a random delay. Just before each kill the process is frozen (SIGSTOP) so that what it
 had saved -- items in the stage's journals, the newest complete training checkpoint -- is read
@@ -39,6 +41,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("generate", "judge", "train", "evaluate")
+DISTILLED_STAGES = ("generate", "judge", "reward_model", "train", "evaluate")  # reward_source=reward_model
+ALL_STAGES = DISTILLED_STAGES
+CHECKPOINTED = ("reward_model", "train")  # stages that resume from training checkpoints
 # Stages of progress.json whose work is journaled per batch, and the files holding their items.
 JOURNALED = {"generate": ("generate",), "judge": ("judge",), "evaluate": ("evaluate_reference", "evaluate")}
 COMPARED_FILES = ("candidates.jsonl", "judgments.jsonl", "verdicts.jsonl", "preferences.jsonl", "eval_reference.jsonl",
@@ -64,14 +69,19 @@ OPTIMIZER_OVERRIDES = {  # small, checkpointing every step, bf16 off (bit-exact 
 }
 
 
-def tiny_overrides(model: str, cache: Path, num_train: int = 8, num_eval: int = 4, optimizer: str = "dpo") -> list[str]:
+DISTILLED_OVERRIDES = ["optimizer.reward_source=reward_model", "reward_model.epochs=4", "reward_model.batch_size=1",
+                       "reward_model.learning_rate=1e-3", "reward_model.eval_fraction=0", "reward_model.save_steps=1"]
+
+
+def tiny_overrides(model: str, cache: Path, num_train: int = 8, num_eval: int = 4, optimizer: str = "dpo",
+                   distilled: bool = False) -> list[str]:
     """A tiny pipeline with enough batches and steps to be killed inside each stage."""
     return [f"policy.model={model}", f"cache.dir={cache}", f"data.num_train={num_train}", f"data.num_eval={num_eval}",
             "generator.num_candidates=3", "generator.max_new_tokens=8", "generator.dtype=float32",
             "generator.batch_size=2", "judge.dtype=float32", "judge.batch_size=4", "journal.chunk_prompts=2",
             *([f"optimizer={optimizer}"] if optimizer != "dpo" else []), *OPTIMIZER_OVERRIDES[optimizer],
             "optimizer.mixed_precision=no", "evaluation.samples_per_prompt=2", "evaluation.batch_size=2",
-            "evaluation.dtype=float32", "diagnostics.probe_items=2"]
+            "evaluation.dtype=float32", "diagnostics.probe_items=2", *(DISTILLED_OVERRIDES if distilled else [])]
 
 
 def embedded_overrides(cache: Path) -> list[str]:
@@ -151,21 +161,26 @@ class Harness:
         root = self.cache / "checkpoints" / stage
         return sum(Journal(p).finished_items for p in root.glob("*/*.jsonl")) if root.exists() else 0
 
-    def checkpoint_step(self) -> int:
-        """The newest complete training checkpoint's step (TRL trainers) or iteration (PPO)."""
+    def checkpoint_step(self, stage: str = "train") -> int:
+        """The newest complete training checkpoint's step (TRL trainers) or iteration (PPO) of ``stage``."""
         from rlaif.optimizers.checkpoints import complete_checkpoints
 
         steps = [0]
-        for d in (self.cache / "checkpoints" / "train").glob("*"):
+        for d in (self.cache / "checkpoints" / stage).glob("*"):
             steps += [int(p.name.rsplit("-", 1)[1]) for p in complete_checkpoints(d, clean=False)]
             steps += [int(p.name.rsplit("-", 1)[1]) for p in d.glob("ppo-iter-*") if (p / "state.json").exists()]
         return max(steps)
 
 
-def plan(kills: int, rng: random.Random) -> list[str]:
+def plan(kills: int, rng: random.Random, stages: tuple[str, ...] = STAGES) -> list[str]:
     """Target stages in pipeline order: each stage once while kills last, the rest at random."""
-    targets = list(STAGES[:kills]) + [rng.choice(STAGES) for _ in range(max(kills - len(STAGES), 0))]
-    return sorted(targets, key=STAGES.index)
+    targets = list(stages[:kills]) + [rng.choice(stages) for _ in range(max(kills - len(stages), 0))]
+    return sorted(targets, key=stages.index)
+
+
+def base_stage(stage: str | None) -> str | None:
+    """The fault-injection stage a progress.json stage belongs to (evaluate_reference -> evaluate)."""
+    return next((t for t in ALL_STAGES if stage and stage.startswith(t)), stage)
 
 
 def _wait(proc: subprocess.Popen, cond, timeout: float) -> bool:
@@ -213,10 +228,10 @@ def kill_at(h: Harness, proc: subprocess.Popen, target: str, rng: random.Random,
         unit = max(computed(), 1)  # items in one batch
         _wait(proc, lambda: moved_on() or computed() >= want * unit, timeout)
         time.sleep(rng.uniform(0.0, 0.01))
-    elif target == "train":
-        start = h.checkpoint_step()
-        _wait(proc, lambda: moved_on() or h.checkpoint_step() >= start + want, timeout)
-        time.sleep(rng.uniform(0.0, 0.2))
+    elif target in CHECKPOINTED:
+        start = h.checkpoint_step(target)
+        _wait(proc, lambda: moved_on() or h.checkpoint_step(target) >= start + want, timeout)
+        time.sleep(rng.uniform(0.0, 0.05))  # somewhere inside the next step (tiny-model steps take ~30 ms)
     if proc.poll() is not None:
         return None
     os.kill(proc.pid, signal.SIGSTOP)  # frozen: nothing changes while we read what it saved
@@ -226,9 +241,9 @@ def kill_at(h: Harness, proc: subprocess.Popen, target: str, rng: random.Random,
         return None
     try:
         k.stage = stage()
-        base = next((t for t in STAGES if k.stage and k.stage.startswith(t)), k.stage)
-        if base == "train":
-            k.saved = h.checkpoint_step()
+        base = base_stage(k.stage)
+        if base in CHECKPOINTED:
+            k.saved = h.checkpoint_step(base)
         elif base in JOURNALED:
             k.saved = sum(h.journaled(n) for n in JOURNALED[base])
     finally:
@@ -239,10 +254,10 @@ def kill_at(h: Harness, proc: subprocess.Popen, target: str, rng: random.Random,
 
 def next_attempt_counts(progress: dict, k: Kill) -> None:
     """What the attempt after kill ``k`` read back (from its progress.json)."""
-    base = next((t for t in STAGES if k.stage and k.stage.startswith(t)), None)
-    if base == "train":
-        k.reused = int(progress.get("train", {}).get("resumed_step") or 0)
-        if (progress.get("stages", {}).get("train", {}) or {}).get("cached"):
+    base = base_stage(k.stage)
+    if base in CHECKPOINTED:
+        k.reused = int(progress.get(base, {}).get("resumed_step") or 0)
+        if (progress.get("stages", {}).get(base, {}) or {}).get("cached"):
             k.reused = k.saved  # finished and cached by the time it looked (a kill while writing the entry)
     elif base in JOURNALED:
         st = progress.get("stages", {})
@@ -290,12 +305,12 @@ def wandb_ids(run: Path) -> set[str]:
 
 def inject(workdir: Path, overrides_for, kills: int, seed: int, timeout: float = 600.0,
            ref_dir: Path | None = None, verbose: bool = True, targets: list[str] | None = None,
-           units: tuple[int, int] = (1, 3)) -> Outcome:
+           units: tuple[int, int] = (1, 3), stages: tuple[str, ...] = STAGES) -> Outcome:
     """Kill-and-rerun ``kills`` times, finish, and compare with an uninterrupted run.
 
     ``overrides_for(cache)`` gives the command's overrides for a cache folder. ``ref_dir``: an
     uninterrupted run's folder to compare with (made here, in its own cache, when None).
-    ``targets``: the stages to kill in (default: drawn with ``seed``). ``units``: the range of the
+    ``targets``: the stages to kill in (default: drawn with ``seed`` from ``stages``). ``units``: the range of the
     number of batches (or checkpoints) an attempt finishes in the target stage before its kill.
     """
     workdir.mkdir(parents=True, exist_ok=True)
@@ -312,7 +327,7 @@ def inject(workdir: Path, overrides_for, kills: int, seed: int, timeout: float =
     h = Harness(workdir, overrides_for(cache), cache)
     out = Outcome()
     pending: Kill | None = None
-    targets = list(targets) if targets is not None else plan(kills, rng)
+    targets = list(targets) if targets is not None else plan(kills, rng, stages)
     for n, target in enumerate(targets, start=1):
         proc = h.start()
         out.attempts += 1
@@ -348,10 +363,10 @@ def inject(workdir: Path, overrides_for, kills: int, seed: int, timeout: float =
 
 def table(out: Outcome) -> str:
     match = "yes" if not out.mismatches else "NO"
-    lines = ["kill  target     killed in            saved  reused  recomputed  final match",
-             "----  ---------  -------------------  -----  ------  ----------  -----------"]
+    lines = ["kill  target        killed in            saved  reused  recomputed  final match",
+             "----  ------------  -------------------  -----  ------  ----------  -----------"]
     for k in out.kills:
-        lines.append(f"{k.number:>4}  {k.target:<9}  {str(k.stage):<19}  {k.saved:>5}  {str(k.reused):>6}  "
+        lines.append(f"{k.number:>4}  {k.target:<12}  {str(k.stage):<19}  {k.saved:>5}  {str(k.reused):>6}  "
                      f"{str(k.recomputed):>10}  {match:>11}" + (f"  ({k.note})" if k.note else ""))
     lines.append(f"attempts: {out.attempts}; lost items: {out.lost}; W&B run ids: {sorted(out.wandb_ids)}; "
                  f"outputs identical to an uninterrupted run: {match}")
@@ -368,7 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per attempt")
     ap.add_argument("--optimizer", default="dpo", choices=sorted(OPTIMIZER_OVERRIDES),
                     help="tiny model: the optimizer to train with (small settings, a checkpoint every step)")
+    ap.add_argument("--distilled", action="store_true",
+                    help="tiny model: train a reward model on the judge's pairs first (optimizer.reward_source="
+                         "reward_model; needs an online --optimizer) and kill inside that stage too")
     args = ap.parse_args(argv)
+    if args.distilled and (args.embedded or args.optimizer == "dpo"):
+        ap.error("--distilled needs the tiny model and an online optimizer: --optimizer grpo, rloo, online_dpo or ppo")
     import tempfile
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rlaif-faults-"))
@@ -389,11 +409,13 @@ def main(argv: list[str] | None = None) -> int:
             build_tiny_model(model)
 
         def overrides_for(cache: Path) -> list[str]:
-            return tiny_overrides(str(model), cache, optimizer=args.optimizer)
-    what = "SmolLM2 reduced quickstart" if args.embedded else f"tiny model, optimizer={args.optimizer}"
+            return tiny_overrides(str(model), cache, optimizer=args.optimizer, distilled=args.distilled)
+    what = ("SmolLM2 reduced quickstart" if args.embedded else f"tiny model, optimizer={args.optimizer}"
+            + (", distilled (reward model)" if args.distilled else ""))
     print(f"fault injection: {args.kills} kills, seed {args.seed}, {what}, in {workdir}", flush=True)
     t = time.time()
-    out = inject(workdir, overrides_for, args.kills, args.seed, args.timeout)
+    out = inject(workdir, overrides_for, args.kills, args.seed, args.timeout,
+                 stages=DISTILLED_STAGES if args.distilled else STAGES)
     print(table(out))
     print(f"{time.time() - t:.0f} s")
     ok = (not out.mismatches and out.lost == 0 and len(out.wandb_ids) == 1

@@ -163,9 +163,14 @@ def test_override_syntax_error_is_a_config_error():
     ("cache.enabled=maybe", "cache.enabled"),
     ("tracker.mode=sometimes", "tracker.mode"),
     ("seed=-1", "seed"),
+    ("optimizer.save_steps=0", "optimizer.save_steps"),
+    ("optimizer.save_steps=2.5", "optimizer.save_steps"),
+    ("optimizer=grpo optimizer.reward_source=reward_model reward_model.save_steps=0", "reward_model.save_steps"),
+    ("optimizer=grpo optimizer.reward_source=reward_model reward_model.learning_rate=0", "reward_model.learning_rate"),
+    ("optimizer=ppo optimizer.reward_source=reward_model reward_model.batch_size=many", "reward_model.batch_size"),
 ])
 def test_validate_names_the_bad_key(override, key):
-    cfg = compose_config([override])
+    cfg = compose_config(override.split())
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     assert f"{key}:" in str(e.value)

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import compose_config
-from fault_injection import Harness, compare, inject, table, tiny_overrides, wandb_ids
+from fault_injection import DISTILLED_STAGES, Harness, compare, inject, table, tiny_overrides, wandb_ids
 
 from rlaif.pipeline import run
 from rlaif.replay import ReplayError
@@ -182,6 +182,18 @@ def test_online_training_killed_and_resumed_matches_uninterrupted(optimizer, tin
     print(table(out))
     assert out.kills[0].stage == "train" and out.kills[0].saved >= 1 and out.kills[0].recomputed == 0, table(out)
     assert out.lost == 0 and not out.mismatches, table(out)
+
+
+@pytest.mark.slow
+def test_distilled_rlaif_killed_in_reward_model_training_resumes(tiny_model, tmp_path):
+    """optimizer.reward_source=reward_model: a kill inside the reward model's training resumes from
+    its newest checkpoint, and the run ends as an uninterrupted one."""
+    out = inject(tmp_path, lambda cache: tiny_overrides(tiny_model, cache, optimizer="grpo", distilled=True), kills=1,
+                 seed=0, targets=["reward_model"], units=(1, 1), timeout=600, stages=DISTILLED_STAGES)
+    print(table(out))
+    k = out.kills[0]
+    assert k.stage == "reward_model" and k.saved >= 1 and k.reused == k.saved, table(out)
+    assert out.lost == 0 and not out.mismatches and len(out.wandb_ids) == 1, table(out)
 
 
 # ---- slow ------------------------------------------------------------------------------------

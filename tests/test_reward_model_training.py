@@ -114,3 +114,48 @@ def test_config_keys_reach_the_trainer():
     for key, value in cfg.items():
         if key not in {"_target_", "judge_dtype", "judge_batch_size"}:  # the last two are read by the pipeline
             assert getattr(trainer, key) == value, f"reward_model.{key} is not used"
+
+
+_RESUMABLE = dict(learning_rate=1e-3, epochs=2, batch_size=4, eval_fraction=0.2, save_steps=1)
+
+
+def _train_resumable(tiny_model, out, ckpt, tracker=None):
+    """Reward-model training checkpointing every step into ``ckpt`` (also run in a child process below)."""
+    return RewardModelTrainer(**_RESUMABLE).train(tiny_model, make_pairs(24), out, seed=1, tracker=tracker,
+                                                  checkpoint_dir=ckpt)
+
+
+def test_reward_model_killed_mid_training_resumes_to_the_same_weights_and_metrics(tiny_model, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "ckpt"
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "from test_reward_model_training import _train_resumable\n"
+              f"_train_resumable({tiny_model!r}, {str(tmp_path / 'killed')!r}, {str(ckpt)!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(ckpt.glob("checkpoint-*/rlaif_state.json"))) < 1:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the training finished before it could be killed"
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    step = max(int(p.parent.name.split("-")[1]) for p in ckpt.glob("checkpoint-*/rlaif_state.json"))
+    assert step >= 1
+
+    tracker = RecordingTracker()
+    resumed = _train_resumable(tiny_model, tmp_path / "resumed", ckpt, tracker)
+    whole = _train_resumable(tiny_model, tmp_path / "whole", tmp_path / "fresh-ckpt")
+    # the resumed run trained only the steps after the checkpoint, and ends where the whole run ends
+    steps = sorted({row["reward_model/step"] for row in tracker.rows if "reward_model/train/loss" in row})
+    assert steps and steps[0] > step
+    assert resumed == whole
+    a, b = load_file(str(tmp_path / "resumed" / "model.safetensors")), load_file(str(tmp_path / "whole" / "model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in b)

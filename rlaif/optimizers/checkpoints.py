@@ -1,4 +1,5 @@
-"""Checkpoints for the optimizers built on transformers' Trainer (DPO, GRPO, RLOO, online DPO).
+"""Checkpoints for everything trained with transformers' Trainer (DPO, GRPO, RLOO, online DPO, CAI SFT,
+the distilled reward model).
 
 Every ``optimizer.save_steps`` optimizer steps the Trainer writes ``checkpoint-<step>/`` into
 ``ctx.checkpoint_dir`` (weights or LoRA adapters, optimizer, scheduler, RNG states, trainer

@@ -6,7 +6,10 @@ The pipeline then uses it as the reward for PPO/GRPO in place of the judge, whic
 and smooth. The saved folder (safetensors, tokenizer, ``num_labels=1``) is what
 ``rlaif.judges.RewardModelJudge`` loads; held-out pair accuracy says how well it learned the judge.
 
-This module only trains and saves; it never calls the judge.
+This module only trains and saves; it never calls the judge. With ``checkpoint_dir`` and
+``save_steps`` it checkpoints like the other Trainer-based optimizers (rlaif/optimizers/checkpoints.py):
+a rerun after a kill resumes from the newest complete checkpoint and ends with the weights and
+metrics of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import random
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 from rlaif.optimizers.trl_online import common_args, log_forwarder
 from rlaif.types import PreferencePair
@@ -28,7 +32,7 @@ class RewardModelTrainer:
                  center_rewards_coefficient: float | None = 0.01, lr_scheduler: str = "linear",
                  warmup_ratio: float = 0.0, max_grad_norm: float = 1.0, gradient_checkpointing: bool = False,
                  dtype: str = "float32", mixed_precision: str = "no", lora: dict | None = None,
-                 logging_steps: int = 1, **_unused):
+                 logging_steps: int = 1, save_steps: int | None = 10, **_unused):
         if not 0.0 <= eval_fraction < 1.0:
             raise ValueError(f"reward_model.eval_fraction={eval_fraction} must be in [0, 1)")
         self.learning_rate, self.epochs, self.batch_size, self.grad_accum = learning_rate, epochs, batch_size, grad_accum
@@ -38,6 +42,7 @@ class RewardModelTrainer:
         self.gradient_checkpointing, self.dtype, self.mixed_precision = gradient_checkpointing, dtype, mixed_precision
         self.lora = dict(lora or {})
         self.logging_steps = logging_steps
+        self.save_steps = save_steps
 
     def split(self, pairs: list[PreferencePair], seed: int, eval_fraction: float) -> tuple[list, list]:
         """Seeded held-out split by prompt (no prompt in both parts); no held-out part when it would hold
@@ -56,15 +61,20 @@ class RewardModelTrainer:
         return train, evals
 
     def train(self, base_model_path: str, pairs: list[PreferencePair], output_dir, seed: int, tracker=None,
-              trust_remote_code: bool = False, eval_fraction: float | None = None) -> dict[str, float]:
+              trust_remote_code: bool = False, eval_fraction: float | None = None,
+              checkpoint_dir: Path | None = None) -> dict[str, float]:
         """Train on ``pairs`` starting from ``base_model_path``; save to ``output_dir``; return
-        ``reward_model/...`` metrics (``loss``: mean training loss; ``accuracy``: held-out pair accuracy)."""
+        ``reward_model/...`` metrics (``loss``: mean training loss; ``accuracy``: held-out pair accuracy).
+
+        ``checkpoint_dir``: where checkpoints go every ``save_steps`` steps, and where a rerun looks
+        for one to resume from (None: no checkpoints)."""
         import torch
         from datasets import Dataset
         from transformers import AutoModelForSequenceClassification
         from trl import RewardConfig, RewardTrainer
 
         from rlaif.models import load_tokenizer, torch_dtype
+        from rlaif.optimizers.trl_online import resumer
 
         if not pairs:
             raise ValueError("the reward model got no preference pairs: label more candidates with the judge or "
@@ -83,7 +93,8 @@ class RewardModelTrainer:
         def dataset(ps):
             return Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in ps])
 
-        args = RewardConfig(**common_args(self, seed, output_dir), max_length=self.max_length,
+        args = RewardConfig(**common_args(self, seed, output_dir, checkpoint_dir=checkpoint_dir),
+                            max_length=self.max_length,
                             center_rewards_coefficient=self.center_rewards_coefficient, disable_dropout=True,
                             trust_remote_code=trust_remote_code, per_device_eval_batch_size=self.batch_size)
         last: dict[str, float] = {}
@@ -93,14 +104,20 @@ class RewardModelTrainer:
                 tracker.log({f"reward_model/eval/{k[5:]}" if k.startswith("eval_") else f"reward_model/train/{k}": v
                              for k, v in row.items()} | {"reward_model/step": step})
 
+        # What TrainerResume keeps beside each checkpoint (logged rows, counters) lives in this stand-in
+        # for an optimizer's TrainContext; the reward model has no judge calls or generations to count.
+        state = SimpleNamespace(checkpoint_dir=checkpoint_dir, history=[], counters={})
+        resume = resumer(args, state, last)
         fwd = log_forwarder(log_fn, last, "reward model", "lower reward_model.learning_rate", prefix="")
         trainer = RewardTrainer(model=model, args=args, train_dataset=dataset(train_pairs),
                                 eval_dataset=dataset(eval_pairs) if eval_pairs else None, processing_class=tok,
-                                peft_config=_seq_cls_lora(self.lora), callbacks=[fwd])
+                                peft_config=_seq_cls_lora(self.lora), callbacks=[c for c in (resume, fwd) if c])
         kept = len(trainer.train_dataset)
         if kept == 0:
             raise ValueError(f"every training pair is longer than reward_model.max_length={self.max_length} tokens")
-        trainer.train()
+        if resume is not None:
+            resume.attach(trainer)
+        trainer.train(resume_from_checkpoint=resume.resume_from if resume is not None else None)
 
         out = {"reward_model/num_train_pairs": float(kept),
                "reward_model/dropped_long_pairs": float(len(train_pairs) - kept),
