@@ -46,6 +46,9 @@ class Journal:
         self.reused = 0  # items read back from the journal in this process
         self.computed = 0  # items computed (and journaled) in this process
         self.torn = 0  # lines that could not be read (a kill mid-write)
+        # What the batches read back had cost when they were computed (API requests, tokens, dollars):
+        # added to this process's own spend, a resumed run reports what all its attempts spent.
+        self.reused_spent: dict[str, float] = {}
         self._on_change = on_change
         self._entries: dict[Any, dict] = self._load()
         self._fresh_line_checked = False
@@ -81,12 +84,17 @@ class Journal:
         if row is None or row["items"] != _plain(items):
             return None
         self.reused += len(row["items"])
+        for k, v in (row.get("spent") or {}).items():
+            self.reused_spent[k] = self.reused_spent.get(k, 0) + v
         self._changed()
         return row["records"]
 
-    def append(self, batch: Any, items: list, records: list[dict]) -> None:
-        """Record a finished batch durably (one write, then fsync) before the next one starts."""
+    def append(self, batch: Any, items: list, records: list[dict], spent: dict[str, float] | None = None) -> None:
+        """Record a finished batch durably (one write, then fsync) before the next one starts.
+        ``spent``: what computing it cost (API accounting), counted again when a rerun reuses it."""
         row = {"batch": batch, "items": _plain(items), "records": records}
+        if spent:
+            row["spent"] = spent
         data = (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -181,3 +189,21 @@ class Progress:
         if self.state["train"].get("resumed_step") is not None:
             out["resume/train_resumed_step"] = self.state["train"]["resumed_step"]
         return out
+
+
+def spent_since(accounting, before: dict[str, float] | None) -> dict[str, float] | None:
+    """What ``accounting()`` (an API backend's counters) grew by since ``before``; None without one."""
+    if accounting is None or before is None:
+        return None
+    now = accounting()
+    return {k: v - before.get(k, 0) for k, v in now.items() if isinstance(v, (int, float))}
+
+
+def add_spent(accounting: dict[str, float], journals) -> dict[str, float]:
+    """This process's ``accounting`` plus what the batches its ``journals`` read back had cost."""
+    out = dict(accounting)
+    for j in journals:
+        for k, v in (getattr(j, "reused_spent", None) or {}).items():
+            if k in out:
+                out[k] += v
+    return out

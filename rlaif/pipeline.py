@@ -55,7 +55,7 @@ from rlaif.diagnostics.gate import JudgeGateError, check_gate
 from rlaif.evaluation import evaluate
 from rlaif.generators import HFGenerator
 from rlaif.io import atomic_write_text, read_jsonl, read_records, write_json, write_records
-from rlaif.journal import Journal, Progress
+from rlaif.journal import Journal, Progress, add_spent, spent_since
 from rlaif.judges.base import rank_in_chunks
 from rlaif.manifest import build_manifest, scrub_hydra_dir
 from rlaif.models import ModelPool
@@ -392,14 +392,17 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
             gen_inputs = {"model": generator.identity(pool), "sampling": generator.sampling_params(), "seed": seed,
                           "prompts": _prompt_hash(train_prompts), "k": generator.num_candidates}
 
+            gen_journals: list[Journal] = []
+
             def _generate(work: StageWork):
                 nonlocal failures
-                cands, failures = _sample_resumable(generator, pool, train_prompts, seed, work.journal("candidates"),
-                                                    chunk)
+                gen_journals.append(work.journal("candidates"))
+                cands, failures = _sample_resumable(generator, pool, train_prompts, seed, gen_journals[-1], chunk)
                 return {"candidates": cands}
 
             candidates = r.records_stage("generate", gen_inputs, _generate, {"candidates": Candidate})["candidates"]
-            gen_acct = generator.accounting() if hasattr(generator, "accounting") else {}
+            # this attempt's spend plus that of the batches earlier attempts had finished
+            gen_acct = add_spent(generator.accounting(), gen_journals) if hasattr(generator, "accounting") else {}
     if failures:
         log.warning("generate: %d requests failed after retries; those candidates are missing", failures)
     gen_metrics = {**{f"generate/api_{k}": v for k, v in gen_acct.items()},
@@ -423,6 +426,7 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
         rec_chunk = (recorded.config.get("journal") or {}).get("chunk_prompts")
         if rec_chunk is not None:
             judge_inputs["chunk_prompts"] = rec_chunk
+    judge_journals: list[Journal] = []
     with r.timed("judge"):
         if recorded is not None:
             res = _replayed(r, "judge", recorded, {"judgments": recorded.judgments, "verdicts": recorded.verdicts,
@@ -430,8 +434,9 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
                                                                       for n, p in recorded.members.items()]})
         else:
             def _judge(work: StageWork):
+                judge_journals.append(work.journal("judgments"))
                 judgments, verdicts, members = rank_in_chunks(judge, train_prompts, candidates, chunk,
-                                                              work.journal("judgments"))
+                                                              judge_journals[-1])
                 return {"judgments": judgments, "verdicts": verdicts,
                         "judge_members": [{"name": n, "prefs": p} for n, p in members.items()]}
             res = r.records_stage("judge", judge_inputs, _judge, {"judgments": Judgment, "verdicts": PairwiseVerdict,
@@ -492,8 +497,8 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
                                        title=f"{judge.name} / {criterion.name}")
                 r.tracker.image("judge/diagnostics", png)
     backend = getattr(judge, "backend", None)
-    if backend is not None and hasattr(backend, "accounting"):
-        metrics.update({f"judge/api_{k}": v for k, v in backend.accounting().items()})
+    if backend is not None and hasattr(backend, "accounting"):  # with what earlier attempts' batches cost
+        metrics.update({f"judge/api_{k}": v for k, v in add_spent(backend.accounting(), judge_journals).items()})
     r.tracker.log(metrics)
     failures = check_gate(OmegaConf.to_container(cfg.diagnostics.gate, resolve=True), metrics)
     if failures:
@@ -556,17 +561,19 @@ def _sample_resumable(generator, pool, prompts: list[Prompt], seed: int, journal
         return cands, int(getattr(generator, "failures", 0) or 0)
     out: list[Candidate] = []
     failures = 0
+    accounting = getattr(generator, "accounting", None)  # API generators count their spend per batch
     for n, start in enumerate(range(0, len(prompts), chunk)):
         ps = prompts[start : start + chunk]
         items = [p.id for p in ps]
         done = journal.lookup(n, items)
         if done is None:
+            before = accounting() if accounting is not None else None
             cs = generator.sample(pool, ps, seed=seed, desc=f"generate candidates ({start + len(ps)}/{len(prompts)})")
             failures += int(getattr(generator, "failures", 0) or 0)
             done = [c.to_dict() for c in cs]
-            journal.append(n, items, done)
+            journal.append(n, items, done, spent=spent_since(accounting, before))
         out += [Candidate.from_dict(row) for row in done]
-    return out, failures
+    return out, failures + int(journal.reused_spent.get("failures", 0))
 
 
 def _scratch(r: Run, stage: str, key: str) -> Path:

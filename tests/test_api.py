@@ -401,3 +401,38 @@ def test_real_server_generator(llama_server):  # noqa: F811
     assert all(1 <= c.num_tokens <= 10 for c in out)
     acc = g.accounting()
     assert acc["requests"] == 6 and acc["completion_tokens"] == sum(c.num_tokens for c in out)
+
+
+@pytest.mark.integration
+def test_resumed_judging_reports_what_every_attempt_spent(llama_server, tmp_path):  # noqa: F811
+    """A rerun reads finished groups back from the journal instead of asking the server again, and the
+    spend of those groups (recorded when they were judged) is added to its own: the resumed run
+    reports the requests and tokens an uninterrupted run reports."""
+    from rlaif.journal import Journal, add_spent
+    from rlaif.judges.base import rank_in_chunks
+    from rlaif.types import Candidate
+
+    crit = Criterion("positive", "positive review", {"pairwise": {"question": "Which review is more positive?"}})
+
+    def judge():
+        return PairwiseJudge(crit, api={"base_url": llama_server, "api_key_env": None}, model=MODEL_ID)
+
+    ps = prompts(2)
+    texts = ["A wonderful film.", "A dull mess.", "Fine, I suppose."]
+    cands = [Candidate(p.id, i, t, 3, True, "m") for p in ps for i, t in enumerate(texts)]
+
+    whole = judge()
+    expected = rank_in_chunks(whole, ps, cands, 1, None)
+    # the first attempt judged the first prompt's group, then died
+    first = judge()
+    rank_in_chunks(first, ps[:1], cands[:3], 1, Journal(tmp_path / "judgments.jsonl"))
+    assert first.backend.accounting()["requests"] == 6  # 3 pairs, both orders
+    # the rerun asks the server only about the second prompt
+    second, journal = judge(), Journal(tmp_path / "judgments.jsonl")
+    got = rank_in_chunks(second, ps, cands, 1, journal)
+    assert [j.to_dict() for j in got[0]] == [j.to_dict() for j in expected[0]]
+    assert second.backend.accounting()["requests"] == 6 and journal.reused == 3
+    total = add_spent(second.backend.accounting(), [journal])
+    for key in ("requests", "failures", "prompt_tokens", "completion_tokens"):
+        assert total[key] == whole.backend.accounting()[key], key
+    assert total["prompt_tokens"] > 0

@@ -211,6 +211,7 @@ def rank_in_chunks(judge: Judge, prompts: list[Prompt], candidates: list[Candida
     would give them) and, for a panel, each member's preference per verdict (``last_member_prefs``
     concatenated over the groups). Groups found in ``journal`` are read back, not judged again.
     """
+    from rlaif.journal import spent_since
     from rlaif.types import Judgment as J
     from rlaif.types import PairwiseVerdict as V
 
@@ -221,6 +222,7 @@ def rank_in_chunks(judge: Judge, prompts: list[Prompt], candidates: list[Candida
     judgments: list[Judgment] = []
     verdicts: list[PairwiseVerdict] = []
     members: dict[str, list[float | None]] = {}
+    accounting = getattr(getattr(judge, "backend", None), "accounting", None)  # API judges count their spend
     for n, start in enumerate(range(0, len(prompts), chunk_prompts)):
         ps = prompts[start : start + chunk_prompts]
         cs = [c for p in ps for c in by_prompt.get(p.id, [])]
@@ -231,11 +233,12 @@ def rank_in_chunks(judge: Judge, prompts: list[Prompt], candidates: list[Candida
         if done is not None:
             rec = done[0]
         else:
+            before = accounting() if accounting is not None else None
             js, vs = judge.rank(ps, cs)
             rec = {"judgments": [j.to_dict() for j in js], "verdicts": [v.to_dict() for v in vs],
                    "members": dict(getattr(judge, "last_member_prefs", None) or {}) if vs else {}}
             if journal is not None:
-                journal.append(n, items, [rec])
+                journal.append(n, items, [rec], spent=spent_since(accounting, before))
         judgments += [J.from_dict(d) for d in rec["judgments"]]
         verdicts += [V.from_dict(d) for d in rec["verdicts"]]
         for name, prefs in rec["members"].items():
