@@ -87,8 +87,8 @@ def tiny_overrides(model: str, cache: Path, num_train: int = 8, num_eval: int = 
 def embedded_overrides(cache: Path) -> list[str]:
     """The real SmolLM2 quickstart, reduced (as tests/test_integration.py) and checkpointing often."""
     return [f"cache.dir={cache}", "data.num_train=12", "data.num_eval=8", "generator.max_new_tokens=24",
-            "generator.batch_size=8", "journal.chunk_prompts=2", "optimizer.epochs=1", "optimizer.batch_size=4",
-            "optimizer.save_steps=1", "evaluation.samples_per_prompt=2", "evaluation.batch_size=8"]
+            "generator.batch_size=8", "journal.chunk_prompts=2", "optimizer.epochs=1", "optimizer.batch_size=2",
+            "optimizer.save_steps=1", "evaluation.samples_per_prompt=2", "evaluation.batch_size=4"]
 
 
 @dataclass

@@ -138,6 +138,45 @@ def test_online_dpo_trains_within_a_judge_call_budget(tiny_model, tmp_path):
     check_saved_policy(ctx.output_dir, start)
 
 
+class NeverScorable:
+    """A judge that never gives a usable verdict."""
+
+    def __call__(self, prompts, completions):
+        return [float("nan")] * len(completions)
+
+
+def test_online_dpo_does_not_train_on_unscorable_pairs(tiny_model, tmp_path):
+    """With no usable verdict, no pair has a winner: the policy must not move (TRL alone would pick
+    winners from rewards summed with nansum and train on them)."""
+    ctx = ctx_for(tiny_model, tmp_path, NeverScorable(), Budget(judge_calls=8))
+    start = weights(tiny_model)
+    out = OnlineDPOOptimizer(learning_rate=1e-2, batch_size=2, beta=0.1).train(ctx)
+    assert out["train/global_step"] == 2 and out["train/unscorable_pairs"] == 4
+    after = weights(ctx.output_dir)
+    assert all(torch.equal(start[k], after[k]) for k in start)
+
+
+def test_pair_gate_gives_the_gradient_of_the_mean_over_scorable_pairs():
+    from rlaif.optimizers.online_dpo import _GateState, _PairGate
+
+    torch.manual_seed(0)
+    base = torch.randn(6, 5)  # 3 pairs: rows 0-2 first responses, rows 3-5 second responses
+
+    def pair_losses(lp):
+        return torch.nn.functional.logsigmoid(lp[:3].sum(1) - lp[3:].sum(1)).neg()
+
+    x = base.clone().requires_grad_(True)
+    state = _GateState()
+    y = _PairGate.apply(x, state)
+    state.keep = torch.tensor([True, False, True])  # known only after the forward pass
+    pair_losses(y).mean().backward()
+
+    ref = base.clone().requires_grad_(True)
+    pair_losses(ref)[[0, 2]].mean().backward()
+    assert torch.allclose(x.grad, ref.grad)
+    assert x.grad[[1, 4]].abs().sum() == 0 and x.grad[[0, 2, 3, 5]].abs().sum() > 0
+
+
 def test_online_dpo_rejects_unknown_loss():
     with pytest.raises(ValueError, match="sigmoid or ipo"):
         OnlineDPOOptimizer(loss_type="hinge")

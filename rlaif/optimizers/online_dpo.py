@@ -5,8 +5,12 @@ reward) scores both, the higher-scored one becomes "chosen", and a DPO loss agai
 the starting policy (or the LoRA-disabled base) updates the policy. Unlike offline DPO the pairs are
 on-policy; no reward model or judge object is trained or loaded here.
 
-TRL sums reward functions with ``nansum``, so an unscorable response counts as reward 0 in its pair;
-the wrapper counts such pairs (``train/unscorable_pairs``) rather than hiding them.
+A pair in which either response is unscorable (the judge gave no usable verdict) does not train:
+TRL would sum its rewards with ``nansum`` and pick a winner from a reward of 0, so the wrapper
+zeroes that pair's gradient (the step's loss is the mean over the scorable pairs) and counts it in
+``train/unscorable_pairs``. TRL computes the policy's log-probabilities before the rewards exist,
+so the mask is applied where the gradient flows back through them (``_PairGate``). The logged
+``loss`` is TRL's, over all pairs.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import logging
 import math
 import os
 from pathlib import Path
+
+import torch
 
 from rlaif.optimizers.base import TrainContext, lora_config
 from rlaif.optimizers.trl_online import (
@@ -29,19 +35,66 @@ from rlaif.optimizers.trl_online import (
 log = logging.getLogger(__name__)
 
 
+class _PairGate(torch.autograd.Function):
+    """Identity on the policy's log-probabilities; on the way back, zeroes the rows of unscorable pairs
+    and rescales the rest, so the gradient is that of the mean loss over the scorable pairs.
+
+    ``state.keep`` (a bool per pair, or None: all) is set by the reward after this forward pass and
+    read in ``backward``; rows are ``[first responses..., second responses...]`` as TRL stacks them.
+    """
+
+    @staticmethod
+    def forward(ctx, logprobs, state):
+        ctx.state = state
+        return logprobs.view_as(logprobs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        keep = ctx.state.keep
+        if keep is None or bool(keep.all()):
+            return grad, None
+        rows = torch.cat([keep, keep]).to(device=grad.device, dtype=grad.dtype)
+        scale = keep.numel() / max(int(keep.sum()), 1)
+        return grad * rows.view(-1, *([1] * (grad.dim() - 1))) * scale, None
+
+
+class _GateState:
+    keep = None
+
+
 class _PairCountingReward(CountingReward):
-    """Also counts pairs in which either response was unscorable (TRL gives those a reward of 0)."""
+    """Also counts pairs in which either response was unscorable, and marks them for ``_PairGate``."""
 
     unscorable_pairs = 0
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.gate = _GateState()
 
     def __call__(self, prompts, completions, completion_ids=None, **kw):
         out = super().__call__(prompts, completions, completion_ids=completion_ids, **kw)
         half = len(out) // 2  # TRL scores [first responses..., second responses...] for the same prompts
-        bad = sum(not (math.isfinite(a) and math.isfinite(b)) for a, b in zip(out[:half], out[half:], strict=True))
+        keep = [math.isfinite(a) and math.isfinite(b) for a, b in zip(out[:half], out[half:], strict=True)]
+        self.gate.keep = torch.tensor(keep, dtype=torch.bool)
+        bad = keep.count(False)
         self.unscorable_pairs += bad
         if bad:
-            log.warning("online DPO: %d of %d pairs had an unscorable response (scored as 0 by TRL)", bad, half)
+            log.warning("online DPO: %d of %d pairs had an unscorable response; they do not train", bad, half)
         return out
+
+
+def _gated_trainer(base, gate: _GateState):
+    """``base`` (TRL's OnlineDPOTrainer) whose policy log-probabilities pass through ``_PairGate``."""
+
+    class GatedOnlineDPOTrainer(base):
+        def _forward(self, model, *args, **kwargs):
+            logprobs = super()._forward(model, *args, **kwargs)
+            if not logprobs.requires_grad:  # the reference pass
+                return logprobs
+            gate.keep = None  # a new micro-step: its pairs are not scored yet
+            return _PairGate.apply(logprobs, gate)
+
+    return GatedOnlineDPOTrainer
 
 
 class OnlineDPOOptimizer:
@@ -99,7 +152,8 @@ class OnlineDPOOptimizer:
         last: dict[str, float] = {}
         fwd = log_forwarder(ctx.log, last, "online DPO", "lower optimizer.learning_rate or raise optimizer.beta")
         resume = resumer(args, ctx, last, reward)
-        trainer = OnlineDPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data,
+        trainer = _gated_trainer(OnlineDPOTrainer, reward.gate)(
+                                   model=model, reward_funcs=[reward], args=args, train_dataset=data,
                                    processing_class=tok, peft_config=lora_config(self.lora),
                                    callbacks=[c for c in (resume, fwd) if c])
         out = train_resumable(trainer, resume, tok, output_dir, last, ctx, reward)
