@@ -39,6 +39,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rlaif import distributed
 from rlaif.cache import StageCache, stable_hash
 from rlaif.config import ConfigError, validate
 from rlaif.criteria import Criterion
@@ -62,7 +63,7 @@ from rlaif.models import ModelPool
 from rlaif.preferences import build_pairs
 from rlaif.replay import Recorded, ReplayError, load_recorded
 from rlaif.runs import RunRegistry, config_hash, interrupt_signals, replay_key
-from rlaif.tracking import new_run_id, redact
+from rlaif.tracking import NullTracker, new_run_id, redact
 from rlaif.types import Candidate, EvalSample, Judgment, PairwiseVerdict, PreferencePair, Prompt
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ class Run:
         self.times: dict[str, float] = {}
         self.hits: dict[str, bool] = {}
         self.extra: dict[str, Any] = {}  # metrics of optional stages (e.g. reward-model training)
-        self.tracker = instantiate(cfg.tracker)
+        self.main = distributed.is_main()  # False: another process of a multi-process launch (rlaif/distributed.py)
+        self.tracker = instantiate(cfg.tracker) if self.main else NullTracker()
         sweep = _hydra_sweep()
         if sweep is not None:  # one W&B group per sweep, one job type per optimizer
             if getattr(self.tracker, "group", "absent") is None:
@@ -117,6 +119,8 @@ class Run:
         complete. Another run computing the same entry is waited for, then reused.
         """
         self.progress.enter(stage)
+        if distributed.enabled():
+            return self._computed_by_all(stage, key, build)
         hit = self.cache.get(stage, key)
         if hit is None:
             with self.cache.lock(stage, key):
@@ -134,6 +138,43 @@ class Run:
                     return hit
         self.hits[stage] = True
         log.info("%s: reusing cached results (%s)", stage, hit)
+        return hit
+
+    def _computed_by_all(self, stage: str, key: str, build: Callable[[StageWork], Callable[[Path], Any]]) -> Path:
+        """``computed_once`` in a multi-process launch: process 0 computes; the others read its entry,
+        except in a training stage, which every process computes together (process 0 keeps the result)."""
+        if not self.main and stage not in distributed.COLLECTIVE_STAGES:
+            hit = distributed.wait_for_entry(self.cache, stage, key)
+            self.hits[stage] = True
+            return hit
+        if stage not in distributed.COLLECTIVE_STAGES:  # process 0 alone, as in a one-process run
+            with self.cache.lock(stage, key):
+                hit = self.cache.get(stage, key)
+                if hit is None:
+                    scratch = self.scratch(stage, key)
+                    hit = self.cache.put(stage, key, build(StageWork(self, stage, scratch)))
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    self.hits[stage] = False
+                    return hit
+            self.hits[stage] = True
+            return hit
+        # Everyone trains. Process 0 holds the entry's lock (another launch may be computing it) and
+        # tells the others whether the entry already exists.
+        with self.cache.lock(stage, key) if self.main else contextlib.nullcontext():
+            hit = self.cache.get(stage, key) if self.main else None
+            if distributed.broadcast(hit is not None):
+                self.hits[stage] = True
+                return hit if self.main else distributed.wait_for_entry(self.cache, stage, key)
+            scratch = self.scratch(stage, key)  # the same folder on every process: checkpoints are shared
+            write = build(StageWork(self, stage, scratch))
+            if self.main:
+                hit = self.cache.put(stage, key, write)
+                shutil.rmtree(scratch, ignore_errors=True)
+            else:
+                with tempfile.TemporaryDirectory(prefix=f"rlaif-rank{distributed.rank()}-{stage}-") as tmp:
+                    write(Path(tmp))  # trains beside process 0; what it writes is dropped
+                hit = distributed.wait_for_entry(self.cache, stage, key)
+        self.hits[stage] = False
         return hit
 
     def records_stage(self, stage: str, inputs: dict, compute: Callable[[StageWork], dict[str, list]],
@@ -221,6 +262,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         scrub_hydra_dir(_hydra_output_dir(), OmegaConf.to_container(cfg, resolve=False))
     validate(cfg)
     check_reliability_keys(cfg)
+    if errors := distributed.check(cfg):
+        raise ConfigError("Invalid config for a multi-process launch:\n  - " + "\n  - ".join(errors))
+    distributed.init()
+    main = distributed.is_main()  # another process of a multi-process launch keeps nothing (rlaif/distributed.py)
     name = cfg.name or _hydra_choice("experiment") or "rlaif"
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
 
@@ -231,12 +276,15 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     prompts, data_stats["data/truncated_prompts"] = _fit_prompts(cfg, prompts)
     train_prompts = [p for p in prompts if p.split == "train"]
     eval_prompts = [p for p in prompts if p.split == "eval"]
-    registry = RunRegistry(cfg.cache.dir if cfg.cache.enabled else None)
+    registry = RunRegistry(cfg.cache.dir if cfg.cache.enabled and main else None)
     recorded = _replay_source(cfg, resolved, registry, train_prompts)  # replay: records checked, nothing loaded
 
     # Which run folder and W&B run: a new one, or the unfinished run of this config (resume: auto).
     key = config_hash(resolved)
     fresh_out = Path(output_dir) if output_dir else _hydra_output_dir()
+    hydra_out = fresh_out
+    if not main:  # a scratch run folder, removed at the end; process 0 writes the run's
+        fresh_out = Path(tempfile.mkdtemp(prefix=f"rlaif-rank{distributed.rank()}-"))
     fresh = {"output_dir": str(fresh_out.resolve()), "wandb_run_id": new_run_id(), "config_hash": key,
              "replay_key": replay_key(resolved), "name": name,
              "replay_of": str(recorded.folder) if recorded else None}
@@ -290,10 +338,16 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             with contextlib.suppress(Exception):
                 r.tracker.finish(exit_code=128 + int(signum))
         where = r.cache.root if r is not None and r.cache.enabled else out
+        if not main:  # process 0 says how to resume
+            shutil.rmtree(out, ignore_errors=True)
+            raise
         print(f"\nrlaif: interrupted; rerun the same command to resume (stopped in the '{stage}' stage; finished "
               f"batches and checkpoints are kept under {where}; the run folder is {out})", file=sys.stderr, flush=True)
         raise
     except BaseException:
+        if not main:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
         registry.update(key, entry, status="failed")
         if r is not None:
             r.progress.set(status="failed")
@@ -304,6 +358,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     summary.update(progress.counters())
     summary["time/total_s"] = round(time.perf_counter() - t_start, 2)
     summary = {k: _finite_or_none(v) for k, v in summary.items()}
+    if not main:  # the summary of the entries process 0 computed; process 0 writes and prints it
+        _drop_scratch_run(out, hydra_out)
+        return summary
     write_json(out / "summary.json", summary)
     r.tracker.summary(summary)
     location = r.tracker.location
@@ -312,6 +369,13 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     registry.update(key, entry, status="finished")
     print(format_summary(name, summary, out, location, r.hits))
     return summary
+
+
+def _drop_scratch_run(out: Path, hydra_out: Path) -> None:
+    """Another process's scratch run folder, and the folder Hydra made for it unless process 0 uses it."""
+    shutil.rmtree(out, ignore_errors=True)
+    if hydra_out.is_dir() and not (hydra_out / "resolved_config.yaml").exists():
+        shutil.rmtree(hydra_out, ignore_errors=True)
 
 
 def _fit_prompts(cfg: DictConfig, prompts: list[Prompt]) -> tuple[list[Prompt], int]:
@@ -665,6 +729,9 @@ def _train_stage(r: Run, cfg, seed, prompts, candidates, pairs, policy, judge, j
         def write(d: Path):  # trains into the entry's temp folder, checkpointing in the scratch folder
             ctx.output_dir = d / "model"
             last = optimizer.train(ctx)
+            counters.update(distributed.sum_counters(counters))  # every process's judge calls and tokens
+            last = {**last, **distributed.sum_counters({k: v for k, v in last.items()
+                                                        if k in distributed.PER_PROCESS_METRICS})}
             shutil.rmtree(d / "model" / "trainer", ignore_errors=True)
             spent = dict(offline_budget) if optimizer.needs_pairs else {}
             for k in ("judge_calls", "generated_tokens"):

@@ -140,7 +140,12 @@ def trl_reward(reward: RewardFunction, prompts: list[Prompt]) -> Callable:
 
 
 def save_policy(model, tokenizer, output_dir: Path) -> None:
-    """Save a plain safetensors policy folder; LoRA adapters are merged first."""
+    """Save a plain safetensors policy folder; LoRA adapters are merged first. In a multi-process
+    launch only process 0 saves (every process holds the same weights)."""
+    from rlaif import distributed
+
+    if not distributed.is_main():
+        return
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.save_pretrained(output_dir, safe_serialization=True)

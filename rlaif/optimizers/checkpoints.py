@@ -137,7 +137,7 @@ class TrainerResume(TrainerCallback):
         from rlaif.io import write_json
 
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if not folder.is_dir():
+        if not folder.is_dir() or not state.is_world_process_zero:  # process 0 completes it
             return
         payload = {"global_step": state.global_step, "history": self.ctx.history, "last": self.last,
                    "counters": dict(self.ctx.counters), "loss_total": self.loss_total,

@@ -57,7 +57,6 @@ def train_dpo(opt: DPOOptimizer, model_path: str, pairs: list, output_dir: Path,
     ``checkpoint_dir``: save checkpoints there every ``opt.save_steps`` steps and resume from the
     newest complete one (None: no checkpoints, e.g. inside self-rewarding rounds).
     """
-    from datasets import Dataset
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -68,7 +67,8 @@ def train_dpo(opt: DPOOptimizer, model_path: str, pairs: list, output_dir: Path,
         raise ValueError("DPO got no preference pairs: lower preferences.min_margin or sample more candidates")
     tok = load_tokenizer(model_path, trust_remote_code)
     model = load_causal_lm(model_path, opt.dtype, trust_remote_code)
-    data = Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
+    data = _pairs_dataset([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs],
+                          checkpoint_dir)
     saving = checkpoint_args(getattr(opt, "save_steps", None), Path(checkpoint_dir) if checkpoint_dir else None,
                              output_dir, opt.logging_steps)
     args = DPOConfig(
@@ -111,3 +111,23 @@ def train_dpo(opt: DPOOptimizer, model_path: str, pairs: list, output_dir: Path,
 
     shutil.rmtree(output_dir / "trainer", ignore_errors=True)
     return last
+
+
+def _pairs_dataset(rows: list[dict], checkpoint_dir):
+    """The pairs as a Dataset. In a multi-process launch it is saved once into the (shared) checkpoint
+    folder and read from there by every process: TRL writes its precomputed reference log-probs
+    beside the dataset's files, and an in-memory dataset would put them in a folder of process 0's
+    own that the other processes cannot read."""
+    from datasets import Dataset, load_from_disk
+
+    from rlaif import distributed
+
+    if not distributed.enabled() or checkpoint_dir is None:
+        return Dataset.from_list(rows)
+    from accelerate import PartialState
+
+    folder = Path(checkpoint_dir) / "pairs_dataset"
+    with PartialState().main_process_first():
+        if distributed.is_main() and not (folder / "state.json").exists():
+            Dataset.from_list(rows).save_to_disk(str(folder))
+    return load_from_disk(str(folder))

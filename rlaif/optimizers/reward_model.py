@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+from rlaif import distributed
 from rlaif.optimizers.trl_online import common_args, log_forwarder
 from rlaif.types import PreferencePair
 
@@ -132,6 +133,8 @@ class RewardModelTrainer:
             out["reward_model/num_eval_pairs"] = float(len(trainer.eval_dataset))
 
         model = trainer.model
+        if not distributed.is_main():  # process 0 saves the weights every process holds
+            return out
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
         output_dir.mkdir(parents=True, exist_ok=True)
