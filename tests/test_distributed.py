@@ -102,3 +102,15 @@ def test_multi_process_config_error_stops_the_launch_before_loading(tmp_path):
     assert proc.returncode != 0
     assert "rlaif: Invalid config for a multi-process launch" in proc.stderr and "cache.enabled=true" in proc.stderr
     assert "Traceback" not in proc.stderr.split("rlaif: Invalid config")[0]  # a message, not a crash
+
+
+@pytest.mark.parametrize(("name", "kind"), [("multi_gpu", "MULTI_GPU"), ("deepspeed_zero2", "DEEPSPEED"),
+                                            ("fsdp", "FSDP")])
+def test_shipped_accelerate_configs_load(name, kind):
+    """The accelerate configs in conf/accelerate parse as accelerate itself reads them (they need GPUs to run)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from rlaif.config import conf_dir
+
+    cfg = load_config_from_file(str(conf_dir() / "accelerate" / f"{name}.yaml"))
+    assert cfg.distributed_type.name == kind and cfg.num_processes >= 2 and not cfg.use_cpu
