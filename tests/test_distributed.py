@@ -114,3 +114,52 @@ def test_shipped_accelerate_configs_load(name, kind):
 
     cfg = load_config_from_file(str(conf_dir() / "accelerate" / f"{name}.yaml"))
     assert cfg.distributed_type.name == kind and cfg.num_processes >= 2 and not cfg.use_cpu
+
+
+@pytest.mark.slow
+def test_two_process_training_killed_and_resumed_matches_uninterrupted(tiny_model, tmp_path):
+    """kill -9 of the whole launch mid-training; the same command resumes from the shared checkpoint
+    and ends with the weights and summary of an uninterrupted two-process run."""
+    import signal
+    import time
+
+    over = ["optimizer.epochs=30", "optimizer.batch_size=1", "optimizer.save_steps=1", "tracker=none"]  # 120 steps
+    (tmp_path / "ref").mkdir()
+    ref, ref_work = launch(tmp_path / "ref", tiny_model, over)
+    assert ref.returncode == 0, ref.stderr[-4000:]
+
+    root = tmp_path / "killed"
+    root.mkdir()
+    (root / "work").mkdir()
+    (root / "tmp").mkdir()
+    env = {**os.environ, "WANDB_MODE": "offline", "TMPDIR": str(root / "tmp"), "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("WANDB_SERVICE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rlaif",
+           f"policy.model={tiny_model}", f"cache.dir={root / 'cache'}", *BASE, *over]
+    proc = subprocess.Popen(cmd, cwd=root / "work", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+
+    def steps() -> list[int]:
+        return [int(p.parent.name.split("-")[1]) for p in (root / "cache").glob("checkpoints/train/*/checkpoint-*/rlaif_state.json")]
+
+    while time.time() < deadline and max(steps(), default=0) < 3 and proc.poll() is None:
+        time.sleep(0.01)
+    # the launcher and its workers (torchrun starts each worker in a session of its own), as a lost node
+    import psutil
+
+    for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        p.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and max(steps()) >= 3, "the launch ended before it could be killed"
+    assert not list((root / "cache").glob("stages/train/*/COMPLETE")), "training had finished before the kill"
+
+    again = subprocess.run(cmd, cwd=root / "work", env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "training resumes from" in again.stdout
+    a, b = the_run(ref_work), the_run(root / "work")
+    wa, wb = load_file(str(a / "policy" / "model.safetensors")), load_file(str(b / "policy" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa, sb = (json.loads((x / "summary.json").read_text()) for x in (a, b))
+    skip = ("time/", "resume/", "cache/")
+    assert {k: v for k, v in sa.items() if not k.startswith(skip) and "runtime" not in k and "per_second" not in k} == \
+           {k: v for k, v in sb.items() if not k.startswith(skip) and "runtime" not in k and "per_second" not in k}
