@@ -266,6 +266,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         raise ConfigError("Invalid config for a multi-process launch:\n  - " + "\n  - ".join(errors))
     distributed.init()
     main = distributed.is_main()  # another process of a multi-process launch keeps nothing (rlaif/distributed.py)
+    if not main:  # process 0 reports; the others only warn
+        logging.getLogger("rlaif").setLevel(logging.WARNING)
     name = cfg.name or _hydra_choice("experiment") or "rlaif"
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
 
@@ -665,7 +667,8 @@ def _online_reward(r: Run, cfg, seed, pairs, candidates, policy, judge, judge_in
             where, step = _train_resume_point(work.scratch)
             if where is not None:
                 log.info("reward_model: resuming from %s", where)
-                print(f"rlaif: reward-model training resumes from {where}", flush=True)
+                if r.main:
+                    print(f"rlaif: reward-model training resumes from {where}", flush=True)
             r.progress.set(reward_model={"resumed_from": where, "resumed_step": step})
 
             def _build(d: Path):  # checkpoints go to the scratch folder, which outlives a kill
@@ -718,7 +721,8 @@ def _train_stage(r: Run, cfg, seed, prompts, candidates, pairs, policy, judge, j
         where, step = _train_resume_point(scratch)
         if where is not None:
             log.info("train: resuming from %s", where)
-            print(f"rlaif: training resumes from {where}", flush=True)
+            if r.main:
+                print(f"rlaif: training resumes from {where}", flush=True)
         r.progress.set(train={"resumed_from": where, "resumed_step": step})
         ctx = TrainContext(policy_path=policy.path, output_dir=Path(), seed=seed, prompts=prompts, pairs=pairs,
                            reward=reward, judge=judge, criterion=criterion, gold=gold, tracker=r.tracker,
