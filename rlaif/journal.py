@@ -128,8 +128,9 @@ class Progress:
     """``<run folder>/progress.json``: where this run is and what it reused or computed.
 
     ``stages[<stage>]`` = {"reused": items read back from a journal, "computed": items computed
-    by this process, "cached": items of a stage taken whole from the cache}; ``train`` =
-    {"resumed_from": checkpoint folder or null, "resumed_step": int}. ``attempt`` counts the
+    by this process, "cached": items of a stage taken whole from the cache}; ``train`` (and
+    ``reward_model``, for a distilled reward model) = {"resumed_from": checkpoint folder or null,
+    "resumed_step": int}. ``attempt`` counts the
     processes that have worked on this run folder.
     """
 
