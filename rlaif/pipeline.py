@@ -119,8 +119,8 @@ class Run:
         complete. Another run computing the same entry is waited for, then reused.
         """
         self.progress.enter(stage)
-        if distributed.enabled():
-            return self._computed_by_all(stage, key, build)
+        if distributed.enabled() and (not self.main or stage in distributed.COLLECTIVE_STAGES):
+            return self._computed_by_all(stage, key, build)  # process 0's other stages: as in one process
         hit = self.cache.get(stage, key)
         if hit is None:
             with self.cache.lock(stage, key):
@@ -141,21 +141,10 @@ class Run:
         return hit
 
     def _computed_by_all(self, stage: str, key: str, build: Callable[[StageWork], Callable[[Path], Any]]) -> Path:
-        """``computed_once`` in a multi-process launch: process 0 computes; the others read its entry,
-        except in a training stage, which every process computes together (process 0 keeps the result)."""
-        if not self.main and stage not in distributed.COLLECTIVE_STAGES:
+        """``computed_once`` in a multi-process launch, for the processes other than 0 (which read process
+        0's entry) and for a training stage, which every process computes together (process 0 keeps it)."""
+        if stage not in distributed.COLLECTIVE_STAGES:
             hit = distributed.wait_for_entry(self.cache, stage, key)
-            self.hits[stage] = True
-            return hit
-        if stage not in distributed.COLLECTIVE_STAGES:  # process 0 alone, as in a one-process run
-            with self.cache.lock(stage, key):
-                hit = self.cache.get(stage, key)
-                if hit is None:
-                    scratch = self.scratch(stage, key)
-                    hit = self.cache.put(stage, key, build(StageWork(self, stage, scratch)))
-                    shutil.rmtree(scratch, ignore_errors=True)
-                    self.hits[stage] = False
-                    return hit
             self.hits[stage] = True
             return hit
         # Everyone trains. Process 0 holds the entry's lock (another launch may be computing it) and
