@@ -130,8 +130,7 @@ class Progress:
     ``stages[<stage>]`` = {"reused": items read back from a journal, "computed": items computed
     by this process, "cached": items of a stage taken whole from the cache}; ``train`` (and
     ``reward_model``, for a distilled reward model) = {"resumed_from": checkpoint folder or null,
-    "resumed_step": int}. ``attempt`` counts the
-    processes that have worked on this run folder.
+    "resumed_step": int}. ``attempt`` counts the processes that have worked on this run folder.
     """
 
     def __init__(self, out: Path, attempt: int = 1):
@@ -187,8 +186,10 @@ class Progress:
             if s.get("reused") or s.get("computed"):
                 out[f"resume/{stage}_reused"] = s["reused"]
                 out[f"resume/{stage}_computed"] = s["computed"]
-        if self.state["train"].get("resumed_step") is not None:
-            out["resume/train_resumed_step"] = self.state["train"]["resumed_step"]
+        for stage in ("reward_model", "train"):
+            step = (self.state.get(stage) or {}).get("resumed_step")
+            if step is not None:
+                out[f"resume/{stage}_resumed_step"] = step
         return out
 
 
