@@ -311,6 +311,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             manifest = build_manifest(resolved, {"policy": policy.identity, "judge": judge_identity},
                                       redact(OmegaConf.to_container(cfg.criteria, resolve=True)), seed)
             manifest["run"] = {"attempt": attempt, "resumed": resumed is not None,
+                               "processes": distributed.world_size(),
                                "wandb_run_id": entry["wandb_run_id"],
                                "replay_of": str(recorded.folder) if recorded else None}
             write_json(out / "manifest.json", manifest)

@@ -51,6 +51,7 @@ def check_common(proc, work, tmp_path, model) -> dict:
     assert proc.stdout.count("finished in") == 1  # one summary, printed by process 0
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # one W&B run
     assert not list((tmp_path / "tmp").glob("rlaif-rank*"))  # the other process's scratch run folder is gone
+    assert json.loads((run / "manifest.json").read_text())["run"]["processes"] == 2
     before, after = load_file(str(Path(model) / "model.safetensors")), load_file(str(run / "policy" / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before), "the policy did not change"
     return summary
