@@ -526,7 +526,7 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
         r.tracker.table("generate/samples", ["prompt", "response", "judge_score", "gold"], rows)
     if cfg.diagnostics.enabled:
         with r.timed("diagnostics"):
-            def _diagnose():
+            def _diagnose(work: StageWork):
                 swapped = [v for v in verdicts if v.swapped]  # only pairs judged in both orders show position bias
                 d = compute_diagnostics(train_prompts, candidates, judgments, swapped, g or None, judge_identity,
                                         policy.identity)
@@ -534,12 +534,14 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
                     ija = inter_judge_agreement(members)
                     d.update({f"judge/panel_{k}": v for k, v in ija.items() if k in ("mean_agreement", "mean_cohen_kappa")})
                 if int(cfg.diagnostics.probe_items) > 0 and pairs:  # probes call the judge: cached with the rest
-                    d.update(run_probes(judge, train_prompts, pairs, int(cfg.diagnostics.probe_items)))
+                    judge_journals.append(work.journal("probes"))  # each finished probe survives a kill
+                    d.update(run_probes(judge, train_prompts, pairs, int(cfg.diagnostics.probe_items),
+                                        judge_journals[-1]))
                 return {"diagnostics": [d]}
             diag_inputs = {**judge_inputs, "policy": policy.identity, "gold": stable_hash(sorted([list(k), v] for k, v in g.items())),
                            "pairs": stable_hash([p.to_dict() for p in pairs]),
                            "probe_items": int(cfg.diagnostics.probe_items)}
-            diag = r.records_stage("diagnostics", diag_inputs, lambda work: _diagnose(),
+            diag = r.records_stage("diagnostics", diag_inputs, _diagnose,
                                    {"diagnostics": dict})["diagnostics"][0]
             write_json(out / "diagnostics.json", diag)
             r.tracker.table("judge/diagnostics_table", ["metric", "value"], [[k, v] for k, v in sorted(diag.items())])
@@ -831,24 +833,44 @@ def _evaluate_stage(r: Run, cfg, seed, prompts, policy, policy_dir, trained_id, 
     return metrics, res["eval_samples"]
 
 
-def run_probes(judge, prompts: list[Prompt], pairs: list[PreferencePair], items: int) -> dict[str, float]:
-    """Verbosity, injection and (comparative judges) swap probes on the first preference pairs."""
+def run_probes(judge, prompts: list[Prompt], pairs: list[PreferencePair], items: int,
+               journal: Journal | None = None) -> dict[str, float]:
+    """Verbosity, injection and (comparative judges) swap probes on the first preference pairs.
+
+    With ``journal``, each finished probe is recorded (with what it cost an API judge), so a rerun
+    after a kill asks the judge only for the probes that had not finished."""
     by_id = {p.id: p for p in prompts}
     pairs = pairs[:items]
     ps = [by_id[p.prompt_id] for p in pairs]
     chosen = [p.chosen[0]["content"] for p in pairs]
     rejected = [p.rejected[0]["content"] for p in pairs]
+    accounting = getattr(getattr(judge, "backend", None), "accounting", None)
+    items_id = [[p.prompt_id, p.chosen_index, p.rejected_index] for p in pairs]
+
+    def probe(name: str, fn) -> dict:
+        done = journal.lookup(name, items_id) if journal is not None else None
+        if done is not None:
+            return done[0]
+        before = accounting() if accounting is not None else None
+        result = {k: _finite_or_none(v) for k, v in fn().items()}
+        if journal is not None:
+            journal.append(name, items_id, [result], spent=spent_since(accounting, before))
+        return result
+
+    def value(v):
+        return float("nan") if v is None else v
+
     out = {}
-    for k, v in verbosity_probe(judge, ps, rejected, other=chosen).items():
+    for k, v in probe("verbosity", lambda: verbosity_probe(judge, ps, rejected, other=chosen)).items():
         if k in ("padded_win_rate", "mean_shift", "raise_rate"):
-            out[f"judge/probe_verbosity_{k}"] = v
-    for k, v in injection_probe(judge, ps, chosen, rejected).items():
+            out[f"judge/probe_verbosity_{k}"] = value(v)
+    for k, v in probe("injection", lambda: injection_probe(judge, ps, chosen, rejected)).items():
         if k.endswith(("flip_rate", "mean_shift")):
-            out[f"judge/probe_injection_{k.replace('/', '_')}"] = v
+            out[f"judge/probe_injection_{k.replace('/', '_')}"] = value(v)
     if not judge.pointwise:
-        for k, v in swap_probe(judge, ps, chosen, rejected).items():
+        for k, v in probe("swap", lambda: swap_probe(judge, ps, chosen, rejected)).items():
             if k in ("position_consistency", "same_slot_rate", "max_swap_mismatch"):
-                out[f"judge/probe_swap_{k.removeprefix('max_swap_')}"] = v
+                out[f"judge/probe_swap_{k.removeprefix('max_swap_')}"] = value(v)
     return out
 
 

@@ -567,3 +567,31 @@ def test_vader_probes_survive_odd_text():
     assert verbosity_probe(judge, [], []) == {"n": 0.0, "n_invalid": 0.0}
     with pytest.raises(ValueError):
         injection_probe(judge, PROMPTS, GOOD, BAD[:2])
+
+
+def test_probes_journaled_a_rerun_reuses_the_finished_ones(tiny_model, pool, criterion, tmp_path):
+    """run_probes with a journal: probes finished before a kill are read back, not asked again, and
+    the metrics are the same as in one uninterrupted pass."""
+    from rlaif.journal import Journal
+    from rlaif.pipeline import run_probes
+    from rlaif.types import PreferencePair
+
+    judge = PairwiseJudge(criterion, pool=pool, model=tiny_model, dtype="float32")
+    pairs = [PreferencePair(prompt=p.messages, chosen=[{"role": "assistant", "content": g}],
+                            rejected=[{"role": "assistant", "content": b}], prompt_id=p.id, chosen_index=0,
+                            rejected_index=1, chosen_score=1.0, rejected_score=0.0, margin=1.0, judge="t",
+                            criterion="c") for p, g, b in zip(PROMPTS, GOOD, BAD, strict=True)]
+    whole = run_probes(judge, PROMPTS, pairs, 3)
+    assert {"judge/probe_verbosity_padded_win_rate", "judge/probe_swap_position_consistency"} <= set(whole)
+
+    # an earlier attempt finished the verbosity probe only
+    items = [[p.prompt_id, p.chosen_index, p.rejected_index] for p in pairs]
+    Journal(tmp_path / "probes.jsonl").append("verbosity", items, [verbosity_probe(judge, PROMPTS, BAD, other=GOOD)])
+
+    again = Journal(tmp_path / "probes.jsonl")
+    resumed = run_probes(judge, PROMPTS, pairs, 3, again)
+    assert again.reused == 3 and again.computed == 6  # verbosity read back; injection and swap computed
+    assert resumed.keys() == whole.keys()
+    assert all(resumed[k] == whole[k] or (math.isnan(resumed[k]) and math.isnan(whole[k])) for k in whole)
+    third = Journal(tmp_path / "probes.jsonl")
+    assert run_probes(judge, PROMPTS, pairs, 3, third).keys() == whole.keys() and third.computed == 0
