@@ -71,6 +71,7 @@ def test_grpo_counts_every_processs_judge_calls(tiny_model, tmp_path):
     summary = check_common(proc, work, tmp_path, tiny_model)
     # 8 prompts x 2 generations, one epoch, split over the processes: all 16 scored, each counted once
     assert summary["train/judge_calls"] == 16 and summary["train/completions_scored"] == 16, summary
+    assert 16 <= summary["train/generated_tokens"] <= 16 * 8, summary  # at most max_new_tokens each, counted once
 
 
 @pytest.mark.slow
@@ -85,6 +86,7 @@ def test_online_optimizers_on_two_processes(optimizer, tiny_model, tmp_path):
     proc, work = launch(tmp_path, tiny_model, optimizer)
     summary = check_common(proc, work, tmp_path, tiny_model)
     assert summary["train/judge_calls"] == 16, summary  # 16 samples in all, each scored once
+    assert 16 <= summary["train/generated_tokens"] <= 16 * 8, summary  # at most max_new_tokens each, counted once
 
 
 def test_multi_process_config_errors(monkeypatch):
@@ -118,13 +120,18 @@ def test_shipped_accelerate_configs_load(name, kind):
 
 
 @pytest.mark.slow
-def test_two_process_training_killed_and_resumed_matches_uninterrupted(tiny_model, tmp_path):
+@pytest.mark.parametrize("optimizer", [
+    ["optimizer.epochs=30", "optimizer.batch_size=1"],  # 120 steps
+    ["optimizer=grpo", "optimizer.num_generations=2", "optimizer.batch_size=2", "optimizer.epochs=20"],  # 80 steps
+], ids=["dpo", "grpo"])
+def test_two_process_training_killed_and_resumed_matches_uninterrupted(optimizer, tiny_model, tmp_path):
     """kill -9 of the whole launch mid-training; the same command resumes from the shared checkpoint
-    and ends with the weights and summary of an uninterrupted two-process run."""
+    and ends with the weights and summary (judge calls and tokens counted once) of an uninterrupted
+    two-process run."""
     import signal
     import time
 
-    over = ["optimizer.epochs=30", "optimizer.batch_size=1", "optimizer.save_steps=1", "tracker=none"]  # 120 steps
+    over = [*optimizer, "optimizer.save_steps=1", "tracker=none"]
     (tmp_path / "ref").mkdir()
     ref, ref_work = launch(tmp_path / "ref", tiny_model, over)
     assert ref.returncode == 0, ref.stderr[-4000:]

@@ -34,6 +34,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from rlaif import distributed
+
 log = logging.getLogger(__name__)
 
 MARKER = "rlaif_state.json"
@@ -105,12 +107,15 @@ class TrainerResume(TrainerCallback):
             ctx.history[:] = self.state["history"]
             last.clear()
             last.update(self.state["last"])
+            # Counts are totals over the processes of a multi-process launch: process 0 takes them
+            # back, the others start from 0 (the pipeline sums the counts of all processes).
+            main = distributed.is_main()
             ctx.counters.clear()
-            ctx.counters.update(self.state["counters"])
+            ctx.counters.update({k: (v if main else 0) for k, v in self.state["counters"].items()})
             self.loss_total, self.last_logged = float(self.state["loss_total"]), int(self.state["last_logged"])
             for k, v in (self.state.get("reward") or {}).items():
                 if reward is not None and hasattr(reward, k):
-                    setattr(reward, k, v)
+                    setattr(reward, k, v if main else 0)
             log.info("resuming training from %s (step %d)", self.checkpoint, self.state["global_step"])
 
     @property
@@ -137,11 +142,14 @@ class TrainerResume(TrainerCallback):
         from rlaif.io import write_json
 
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if not folder.is_dir() or not state.is_world_process_zero:  # process 0 completes it
+        # every process calls this (it sums the counts over the processes); process 0 completes the folder
+        counters = distributed.sum_counters(dict(self.ctx.counters))
+        reward_counts = distributed.sum_counters(_reward_counts(self.reward))
+        if not folder.is_dir() or not state.is_world_process_zero:
             return
         payload = {"global_step": state.global_step, "history": self.ctx.history, "last": self.last,
-                   "counters": dict(self.ctx.counters), "loss_total": self.loss_total,
-                   "last_logged": self.last_logged, "reward": _reward_counts(self.reward),
+                   "counters": counters, "loss_total": self.loss_total,
+                   "last_logged": self.last_logged, "reward": reward_counts,
                    "trainer": {k: getattr(self.trainer, k) for k in TRAINER_COUNTERS
                                if self.trainer is not None and hasattr(self.trainer, k)}}
         write_json(folder / MARKER, payload)  # atomic: the folder counts as complete from here on

@@ -433,9 +433,11 @@ class _PPORun:
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        # The pipeline's counters started from 0 in this process: add what the earlier process spent.
-        for key, value in self.spent.items():
-            self.ctx.counters[key] = self.ctx.counters.get(key, 0) + value
+        # The pipeline's counters started from 0 in this process: add what the earlier attempt spent
+        # (global counts: on process 0 only, since the pipeline sums the counters over the processes).
+        if self.acc.is_main_process:
+            for key, value in self.spent.items():
+                self.ctx.counters[key] = self.ctx.counters.get(key, 0) + value
         self.ctx.history.extend(self.rows)  # not re-sent to the tracker: it saw them the first time
         log.info("PPO resumes from %s after iteration %d", ckpt, self.start_iteration)
 
@@ -619,11 +621,12 @@ class _PPORun:
             stats = {k: float("nan") for k in ("policy_loss", "value_loss", "loss", "policy_clipfrac",
                                                "value_clipfrac", "approx_kl")}
 
-        # counters and budget: global counts, identical on every process
+        # the budget counts globally (identical on every process); ctx.counters count this process's
+        # share (the pipeline sums them over the processes, as the reward's judge calls)
         n_tokens = int(acc.reduce(ro.lengths.sum(), reduction="sum"))
         self.spent["generated_tokens"] += n_tokens
         self.spent["judge_calls"] += self.B
-        ctx.counters["generated_tokens"] = ctx.counters.get("generated_tokens", 0) + n_tokens
+        ctx.counters["generated_tokens"] = ctx.counters.get("generated_tokens", 0) + int(ro.lengths.sum())
 
         nan = float("nan")
         sv, ok = ~torch.isnan(raw), valid
