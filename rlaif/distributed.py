@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 
 # Stages every process computes together (they train through accelerate / the HF Trainer).
 COLLECTIVE_STAGES = ("reward_model", "train")
-# Optimizers whose training runs on several processes. cai_sft and self_rewarding sample and judge
-# inside training without splitting that work between processes; best_of_n does not train.
-DISTRIBUTED_OPTIMIZERS = ("dpo", "ppo", "grpo", "rloo", "online_dpo")
+# Optimizers whose training runs on several processes (cai_sft splits its revisions between them).
+# self_rewarding samples and judges inside its rounds without splitting that work; best_of_n does
+# not train.
+DISTRIBUTED_OPTIMIZERS = ("dpo", "ppo", "grpo", "rloo", "online_dpo", "cai_sft")
 # Final training metrics each process counts for its own share of the samples (summed over processes).
 PER_PROCESS_METRICS = ("train/completions_scored", "train/unscorable", "train/unscorable_pairs")
 

@@ -89,6 +89,16 @@ def test_online_optimizers_on_two_processes(optimizer, tiny_model, tmp_path):
     assert 16 <= summary["train/generated_tokens"] <= 16 * 8, summary  # at most max_new_tokens each, counted once
 
 
+@pytest.mark.slow
+def test_cai_sft_splits_its_revisions_between_the_processes(tiny_model, tmp_path):
+    proc, work = launch(tmp_path, tiny_model, ["optimizer=cai_sft", "criteria=constitution", "optimizer.epochs=1",
+                                               "optimizer.batch_size=2", "optimizer.critique_max_new_tokens=6"])
+    summary = check_common(proc, work, tmp_path, tiny_model)
+    # 8 prompts, each sampled once per stage (response, critique, revision) by one of the processes
+    assert summary["train/revised"] + summary["train/unrevised_prompts"] == 8, summary
+    assert 8 * 3 <= summary["train/generated_tokens"] <= 8 * (8 + 6 + 8), summary
+
+
 def test_multi_process_config_errors(monkeypatch):
     from conftest import compose_config
 

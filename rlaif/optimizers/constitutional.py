@@ -18,6 +18,7 @@ import logging
 import re
 from pathlib import Path
 
+from rlaif import distributed
 from rlaif.io import read_jsonl, write_json, write_records
 from rlaif.optimizers.base import TrainContext, lora_config
 from rlaif.optimizers.trl_online import common_args, log_forwarder, resumer, train_resumable
@@ -144,6 +145,22 @@ class ConstitutionalSFT:
                 records[last_valid[p.id]]["used"] = True
         return records
 
+    def _revise_shared(self, ctx: TrainContext, sample) -> list[dict]:
+        """``revise`` over all prompts; in a multi-process launch each process revises every
+        world_size-th prompt and all of them get every record, in prompt order."""
+        if not distributed.enabled():
+            return self.revise(ctx, sample)
+        import dataclasses
+
+        import torch.distributed as dist
+
+        mine = self.revise(dataclasses.replace(ctx, prompts=ctx.prompts[distributed.rank()::distributed.world_size()]),
+                           sample)
+        parts: list = [None] * distributed.world_size()
+        dist.all_gather_object(parts, mine)
+        order = {p.id: i for i, p in enumerate(ctx.prompts)}
+        return sorted((r for part in parts for r in part), key=lambda r: (order[r["prompt_id"]], r["round"]))
+
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Write revisions.jsonl, fine-tune on the used revisions, save the policy to ``ctx.output_dir``."""
 
@@ -163,12 +180,14 @@ class ConstitutionalSFT:
         saved = Path(ctx.checkpoint_dir) / "revisions.jsonl" if ctx.checkpoint_dir else None
         if saved is not None and saved.exists() and (saved.parent / "revisions_counters.json").exists():
             records = read_jsonl(saved)
-            ctx.counters.update(json.loads((saved.parent / "revisions_counters.json").read_text()))
+            if distributed.is_main():  # totals over the processes; the pipeline sums the processes' counts
+                ctx.counters.update(json.loads((saved.parent / "revisions_counters.json").read_text()))
         else:
-            records = self.revise(ctx, self.sampler(model, tok, ctx))
-            if saved is not None:
+            records = self._revise_shared(ctx, self.sampler(model, tok, ctx))
+            totals = distributed.sum_counters(dict(ctx.counters))
+            if saved is not None and distributed.is_main():
                 write_records(saved, records)
-                write_json(saved.parent / "revisions_counters.json", dict(ctx.counters))
+                write_json(saved.parent / "revisions_counters.json", totals)
         write_records(output_dir / "revisions.jsonl", records)
         by_id = {p.id: p for p in ctx.prompts}
         used = [r for r in records if r["used"]]
