@@ -46,7 +46,7 @@ class _PairGate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logprobs, state):
         ctx.state = state
-        return logprobs.view_as(logprobs)
+        return logprobs.clone()  # a fresh tensor: views returned from a custom Function are restricted
 
     @staticmethod
     def backward(ctx, grad):
