@@ -78,7 +78,7 @@ def tiny_overrides(model: str, cache: Path, num_train: int = 8, num_eval: int = 
     """A tiny pipeline with enough batches and steps to be killed inside each stage."""
     return [f"policy.model={model}", f"cache.dir={cache}", f"data.num_train={num_train}", f"data.num_eval={num_eval}",
             "generator.num_candidates=3", "generator.max_new_tokens=8", "generator.dtype=float32",
-            "generator.batch_size=2", "judge.dtype=float32", "judge.batch_size=4", "journal.chunk_prompts=2",
+            "generator.batch_size=2", "judge.dtype=float32", "judge.batch_size=4", "journal.chunk_prompts=1",
             *([f"optimizer={optimizer}"] if optimizer != "dpo" else []), *OPTIMIZER_OVERRIDES[optimizer],
             "optimizer.mixed_precision=no", "evaluation.samples_per_prompt=2", "evaluation.batch_size=2",
             "evaluation.dtype=float32", "diagnostics.probe_items=2", *(DISTILLED_OVERRIDES if distilled else [])]
