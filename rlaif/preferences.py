@@ -32,8 +32,10 @@ def build_pairs(prompts: list[Prompt], candidates: list[Candidate], judgments: l
     pv = {}
     for v in verdicts or []:
         pv[(v.prompt_id, v.a, v.b)] = (v.p_a_first, v.p_a_second)
-        pv[(v.prompt_id, v.b, v.a)] = (None if v.p_a_first is None else 1 - v.p_a_first,
-                                      None if v.p_a_second is None else 1 - v.p_a_second)
+        # Seen from b: b is in the first slot exactly when a is in the second, so
+        # P(b better | b first) = 1 - P(a better | a second), and the other way round.
+        pv[(v.prompt_id, v.b, v.a)] = (None if v.p_a_second is None else 1 - v.p_a_second,
+                                      None if v.p_a_first is None else 1 - v.p_a_first)
     pairs: list[PreferencePair] = []
     below_margin = 0
     few = 0

@@ -129,15 +129,29 @@ def test_verdict_probabilities_oriented_to_chosen():
     pairs, _ = build_pairs(prompts, cands, js, verdicts, mode="all_pairs")
     by = {(p.chosen_index, p.rejected_index): p for p in pairs}
     assert set(by) == {(1, 0), (2, 1), (2, 0)}
-    # chosen 1 is verdict (0,1)'s b: P(chosen better) = 1 - P(a better)
-    assert by[(1, 0)].p_chosen_first == pytest.approx(0.7)
-    assert by[(1, 0)].p_chosen_second == pytest.approx(0.9)
+    # chosen 1 is verdict (0,1)'s b. b sits in the first slot when a sits in the second:
+    # P(b better | b first) = 1 - P(a better | a second), P(b better | b second) = 1 - P(a better | a first).
+    assert by[(1, 0)].p_chosen_first == pytest.approx(0.9)
+    assert by[(1, 0)].p_chosen_second == pytest.approx(0.7)
     # chosen 2 is verdict (1,2)'s b
-    assert by[(2, 1)].p_chosen_first == pytest.approx(0.75)
-    assert by[(2, 1)].p_chosen_second == pytest.approx(0.95)
-    # a missing probability stays missing; the other is flipped
-    assert by[(2, 0)].p_chosen_first is None
-    assert by[(2, 0)].p_chosen_second == pytest.approx(0.6)
+    assert by[(2, 1)].p_chosen_first == pytest.approx(0.95)
+    assert by[(2, 1)].p_chosen_second == pytest.approx(0.75)
+    # a missing probability stays missing, in the order it belongs to
+    assert by[(2, 0)].p_chosen_first == pytest.approx(0.6)
+    assert by[(2, 0)].p_chosen_second is None
+
+
+def test_chosen_b_probabilities_match_the_judge_seeing_b_first():
+    """The orientation is the one a judge gives when asked about the pair the other way round:
+    comparing (b, a) puts b in the first slot, so its p_a_first is the chosen-first probability."""
+    prompts, cands, js = _setup({"p": [0.2, 0.9]})
+    forward = PairwiseVerdict("p", 0, 1, 0.4, 0.1, "j", "c")  # a = 0 in slot 1: 0.4; a in slot 2: 0.1
+    backward = PairwiseVerdict("p", 1, 0, 1 - forward.p_a_second, 1 - forward.p_a_first, "j", "c")
+    (from_forward,), _ = build_pairs(prompts, cands, js, [forward])
+    (from_backward,), _ = build_pairs(prompts, cands, js, [backward])
+    assert (from_forward.chosen_index, from_backward.chosen_index) == (1, 1)
+    assert from_forward.p_chosen_first == pytest.approx(from_backward.p_chosen_first) == pytest.approx(0.9)
+    assert from_forward.p_chosen_second == pytest.approx(from_backward.p_chosen_second) == pytest.approx(0.6)
 
 
 def test_verdict_probabilities_kept_when_chosen_is_a():
