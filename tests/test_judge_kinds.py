@@ -140,6 +140,49 @@ def test_pointwise_other_scale_and_rank_details(sharp_model, pool, criterion, re
         PointwiseJudge(criterion, pool, model=sharp_model, min_rating=1, max_rating=10)
 
 
+def _texts_cands(prompt, texts) -> list[Candidate]:
+    return [Candidate(prompt.id, i, t, 3, True, "m") for i, t in enumerate(texts)]
+
+
+def _own_details(judge, prompt, text) -> dict:
+    """What a fresh judge records for one response scored alone (nothing memoised)."""
+    fresh = PointwiseJudge(judge.criterion, backend=judge.backend, min_rating=judge.ratings[0],
+                           max_rating=judge.ratings[-1])
+    s = fresh.score([prompt], [text])[0]
+    return {"score": s, **fresh.last_details[0]}
+
+
+def test_pointwise_rank_on_repeated_responses_keeps_each_candidates_details(sharp_model, pool, criterion):
+    judge = PointwiseJudge(criterion, pool, model=sharp_model, dtype="float32")
+    texts = ["4", "a wonderful film", "4", "", ""]  # repeated answers, as a policy often gives
+    judgments, _ = judge.rank(PROMPTS[:1], _texts_cands(PROMPTS[0], texts))
+    assert [j.index for j in judgments] == list(range(len(texts)))
+    for j, t in zip(judgments, texts, strict=True):
+        own = _own_details(judge, PROMPTS[0], t)
+        assert j.score == pytest.approx(own["score"], abs=1e-6)
+        assert j.details["expected_rating"] == pytest.approx(own["expected_rating"], abs=1e-5)
+        assert j.details["rating_mass"] == pytest.approx(own["rating_mass"], abs=1e-5)
+    assert judgments[0].details["expected_rating"] != pytest.approx(judgments[1].details["expected_rating"], abs=1e-6)
+
+
+def test_pointwise_rank_of_memoised_items_does_not_reuse_the_last_calls_details(sharp_model, pool, criterion):
+    judge = PointwiseJudge(criterion, pool, model=sharp_model, dtype="float32")
+    first = _texts_cands(PROMPTS[0], ["great", "dull and boring"])
+    before, _ = judge.rank(PROMPTS[:1], first)
+    judge.rank(PROMPTS[1:2], _texts_cands(PROMPTS[1], ["the cast", "a night at the cinema"]))  # other texts
+    again, _ = judge.rank(PROMPTS[:1], first)  # every item is memoised now
+    assert [j.details for j in again] == [j.details for j in before]
+    assert [j.score for j in again] == [j.score for j in before]
+    for j in again:
+        assert j.details["expected_rating"] == pytest.approx(1 + 8 * j.score)
+    # scores read back from a journal come with their details too
+    resumed = PointwiseJudge(criterion, pool, model=sharp_model, dtype="float32")
+    resumed.remember(PROMPTS[:1], first, before)
+    back, _ = resumed.rank(PROMPTS[:1], first)
+    assert [j.details for j in back] == [j.details for j in before]
+    assert resumed.last_details == []  # nothing reached the model
+
+
 def test_expected_rating_renormalises_and_never_defaults():
     assert expected_rating([None] * 3, [1, 2, 3]) is None  # e.g. no rating among an API's top log-probs
     assert expected_rating([-math.inf] * 3, [1, 2, 3]) is None
@@ -532,6 +575,25 @@ def test_multi_criterion_scores_per_criterion_and_weighted_aggregate(sharp_model
         assert set(per) == {"helpfulness", "honesty"}
         assert j.score == pytest.approx((2 * per["helpfulness"] + per["honesty"]) / 3)
     assert judge.criterion.name == "helpfulness+honesty"
+
+
+def test_multi_criterion_rank_puts_per_criterion_values_on_their_candidates(sharp_model, pool):
+    spec = {"_target_": "rlaif.judges.PointwiseJudge", "dtype": "float32"}
+    judge = MultiCriterionJudge(None, spec, [{"name": "helpfulness", "weight": 2.0}, {"name": "honesty", "weight": 1.0}],
+                                pool=pool, model=sharp_model)
+    own = {n: PointwiseJudge(load_criterion(n), pool, model=sharp_model, dtype="float32")
+           for n in ("helpfulness", "honesty")}
+    texts = ["dull", "a wonderful film", "dull", "superb acting", "a wonderful film"]
+    cands = _texts_cands(PROMPTS[0], texts)
+    judge.rank(PROMPTS[:1], cands[3:4])  # one item memoised before the call
+    for _ in range(2):  # the second call finds every item memoised
+        judgments, _ = judge.rank(PROMPTS[:1], cands)
+        for j, t in zip(judgments, texts, strict=True):
+            per = j.details["per_criterion"]
+            for n, member in own.items():
+                assert per[n] == pytest.approx(member.score(PROMPTS[:1], [t])[0], abs=1e-6)
+            assert j.score == pytest.approx((2 * per["helpfulness"] + per["honesty"]) / 3)
+    assert judgments[0].details["per_criterion"] != judgments[1].details["per_criterion"]
 
 
 # ---- every configured judge, all four uses --------------------------------------------------------

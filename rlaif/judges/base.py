@@ -36,30 +36,37 @@ class Judge:
     kind: str = "base"
     pointwise: bool = True
 
-    # Pointwise scores are memoised per (chat, response): probes and evaluation re-score the same
-    # texts, and a judge's weights never change during a run. Bounded so long runs stay small.
+    # Pointwise scores are memoised per (chat, response), each with the details the judge recorded
+    # for it: probes and evaluation re-score the same texts, and a judge's weights never change
+    # during a run. Bounded so long runs stay small.
     MEMO_LIMIT = 100_000
 
     def __init__(self, criterion: Criterion, name: str | None = None):
         self.criterion = criterion
         self._name = name
-        self._memo: dict[tuple[str, str], float | None] = {}
+        self._memo: dict[tuple[str, str], tuple[float | None, dict]] = {}
 
     def scores(self, prompts: list[Prompt], responses: list[str]) -> list[float | None]:
         """``score`` with memoisation; only unseen (prompt, response) pairs reach the model."""
+        return self.scored(prompts, responses)[0]
+
+    def scored(self, prompts: list[Prompt], responses: list[str]) -> tuple[list[float | None], list[dict]]:
+        """Scores and their details, one per item, memoised together: a repeated or already seen
+        (prompt, response) gets the details of its own score, never those of another item."""
         memo = getattr(self, "_memo", None)
         if memo is None:  # a subclass that skipped Judge.__init__
-            return self.score(prompts, responses)
+            return self.score_details(prompts, responses)
         keys = [(json.dumps(p.messages, sort_keys=True), r) for p, r in zip(prompts, responses, strict=True)]
         known = {k: memo[k] for k in keys if k in memo}
         todo = list(dict.fromkeys(k for k in keys if k not in known))
         if todo:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
-            known.update(zip(todo, self.score([prompts[first[k]] for k in todo], [k[1] for k in todo]), strict=True))
+            vals, details = self.score_details([prompts[first[k]] for k in todo], [k[1] for k in todo])
+            known.update(zip(todo, zip(vals, details, strict=True), strict=True))
             if len(memo) + len(todo) > self.MEMO_LIMIT:
                 memo.clear()
             memo.update({k: known[k] for k in todo})
-        return [known[k] for k in keys]
+        return [known[k][0] for k in keys], [dict(known[k][1]) for k in keys]
 
     def remember(self, prompts: list[Prompt], candidates: list[Candidate], judgments: list[Judgment]) -> None:
         """Put scores this judge gave earlier (read back from a journal or the cache) into the memo.
@@ -76,8 +83,9 @@ class Judge:
         text = {(c.prompt_id, c.index): c.text for c in candidates}
         for j in judgments:
             if j.prompt_id in by_id and (j.prompt_id, j.index) in text and len(memo) < self.MEMO_LIMIT:
+                details = {k: v for k, v in j.details.items() if k != "invalid"}  # rank adds it again
                 memo.setdefault((json.dumps(by_id[j.prompt_id].messages, sort_keys=True), text[(j.prompt_id, j.index)]),
-                                j.score)
+                                (j.score, details))
 
     @property
     def name(self) -> str:
@@ -93,6 +101,10 @@ class Judge:
     def score(self, prompts: list[Prompt], responses: list[str]) -> list[float | None]:
         raise NotImplementedError(f"{type(self).__name__} does not give pointwise scores")
 
+    def score_details(self, prompts: list[Prompt], responses: list[str]) -> tuple[list[float | None], list[dict]]:
+        """``score`` and what the judge recorded per item (kinds with details override this)."""
+        return self.score(prompts, responses), [{} for _ in responses]
+
     def compare(self, prompts: list[Prompt], a: list[str], b: list[str]) -> list[tuple[float | None, float | None]]:
         """(P(a better | a first), P(a better | a second)) per item."""
         raise NotImplementedError(f"{type(self).__name__} does not compare pairs")
@@ -100,11 +112,11 @@ class Judge:
     # -- shared uses --------------------------------------------------------------------------
     def rank(self, prompts: list[Prompt], candidates: list[Candidate]) -> tuple[list[Judgment], list[PairwiseVerdict]]:
         by_id = {p.id: p for p in prompts}
-        scores = self.scores([by_id[c.prompt_id] for c in candidates], [c.text for c in candidates])
+        scores, details = self.scored([by_id[c.prompt_id] for c in candidates], [c.text for c in candidates])
         judgments = [
             Judgment(c.prompt_id, c.index, s if _finite(s) else None, self.name, self.criterion.name,
-                     {} if _finite(s) else {"invalid": f"score was {s!r}"})
-            for c, s in zip(candidates, scores, strict=True)
+                     d if _finite(s) else {**d, "invalid": f"score was {s!r}"})
+            for c, s, d in zip(candidates, scores, details, strict=True)
         ]
         return judgments, []
 

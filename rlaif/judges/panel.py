@@ -200,7 +200,7 @@ class MultiCriterionJudge(Judge):
     None when any criterion could not be scored (a partial mean would silently re-weight).
     Comparative members: P(a better) is the weighted mean per order of the per-criterion
     probabilities. Per-criterion results are in ``Judgment.details["per_criterion"]`` and in
-    ``last_per_criterion`` (criterion -> list aligned with the last call's items).
+    ``last_per_criterion`` (criterion -> list aligned with the items of the last ``score`` or ``compare``).
     """
 
     kind = "multi_criterion"
@@ -241,9 +241,13 @@ class MultiCriterionJudge(Judge):
         return sum(v * w for v, w in zip(values, ws, strict=True)) / sum(ws)
 
     def score(self, prompts: list[Prompt], responses: list[str]) -> list[float | None]:
+        return self.score_details(prompts, responses)[0]
+
+    def score_details(self, prompts: list[Prompt], responses: list[str]) -> tuple[list[float | None], list[dict]]:
         per = {n: j.score(prompts, responses) for n, j in self.judges.items()}
         self.last_per_criterion = per
-        return [self._combine([per[n][k] for n in per]) for k in range(len(responses))]
+        details = [{"per_criterion": {n: per[n][k] for n in per}} for k in range(len(responses))]
+        return [self._combine([per[n][k] for n in per]) for k in range(len(responses))], details
 
     def compare(self, prompts: list[Prompt], a: list[str], b: list[str]):
         per = {n: j.compare(prompts, a, b) for n, j in self.judges.items()}
@@ -252,11 +256,8 @@ class MultiCriterionJudge(Judge):
                 for k in range(len(a))]
 
     def rank(self, prompts, candidates):
-        if self.pointwise:
-            judgments, verdicts = super().rank(prompts, candidates)
-            for k, j in enumerate(judgments):
-                j.details["per_criterion"] = {n: s[k] for n, s in self.last_per_criterion.items()}
-            return judgments, verdicts
+        if self.pointwise:  # per-criterion scores come with each score from the memo
+            return super().rank(prompts, candidates)
         judgments, verdicts = rank_by_pairs(self, prompts, candidates)
         wins: dict[tuple[str, int], dict[str, list[float]]] = {}
         for i, v in enumerate(verdicts):

@@ -81,7 +81,7 @@ class PointwiseJudge(Judge):
         self.min_rating_mass = float(min_rating_mass)
         self.few_shot = criterion.few_shot_text() if few_shot else ""
         self.seed = seed
-        self.last_details: list[dict] = []  # per response of the last score() call
+        self.last_details: list[dict] = []  # per response of the last score() call (rank reads the memo)
 
     @property
     def name(self) -> str:
@@ -99,10 +99,13 @@ class PointwiseJudge(Judge):
         return [{"role": "user", "content": content}]
 
     def score(self, prompts: list[Prompt], responses: list[str]) -> list[float | None]:
+        return self.score_details(prompts, responses)[0]
+
+    def score_details(self, prompts: list[Prompt], responses: list[str]) -> tuple[list[float | None], list[dict]]:
         chats = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
         logps = self.backend.next_token_logprobs(chats, [str(r) for r in self.ratings])
         lo, hi = self.ratings[0], self.ratings[-1]
-        out, self.last_details = [], []
+        out, details = [], []
         for p, lp in zip(prompts, logps, strict=True):
             e, mass = expected_rating(lp, self.ratings), rating_mass(lp)
             if mass < self.min_rating_mass:
@@ -111,11 +114,6 @@ class PointwiseJudge(Judge):
             d = {"expected_rating": e, "rating_mass": mass}
             if self.criterion.principles:
                 d["principle"] = self.principle(p)
-            self.last_details.append(d)
-        return out
-
-    def rank(self, prompts, candidates):
-        judgments, verdicts = super().rank(prompts, candidates)
-        for j, d in zip(judgments, self.last_details, strict=True):
-            j.details.update(d)
-        return judgments, verdicts
+            details.append(d)
+        self.last_details = details
+        return out, details
