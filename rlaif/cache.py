@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rlaif.io import DiskFullError, is_disk_full
+from rlaif.io import DiskFullError, give_plain_modes, is_disk_full, make_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,11 @@ class StageCache:
             final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_dead_temps(final.parent)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}.tmp-{_owner()}-"))
+        tmp = make_temp_dir(final.parent, prefix=f".{key}.tmp-{_owner()}-")
         try:
             build(tmp)
             (tmp / "COMPLETE").write_text("ok\n")
+            give_plain_modes(tmp)  # readable by whoever shares the cache, as a plain write would be
             try:
                 os.rename(tmp, final)
             except OSError:

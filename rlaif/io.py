@@ -5,6 +5,10 @@ process never leaves a half-written file where a reader (or the cache) would tru
 that fails because the disk, a quota or the file-size limit is full raises ``DiskFullError``
 (an ``OSError``) naming the path and the free space; the old file, if any, is left as it was and
 the temporary file is removed.
+
+Files and folders made here get the mode a plain ``open()`` / ``mkdir()`` would give them (0666 /
+0777 minus the umask), not the private 0600 / 0700 of ``tempfile``, so others on a shared machine
+can read a run and its cache whenever the umask lets them.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -56,12 +60,72 @@ def _existing_parent(path: Path) -> Path:
     return Path(".")
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (changing it, even for a
+    moment, would give files another thread creates meanwhile the wrong mode)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def plain_mode(is_dir: bool = False, executable: bool = False) -> int:
+    """The mode a plain ``open()`` (or ``mkdir()``) creates under the current umask."""
+    return (0o777 if is_dir or executable else 0o666) & ~current_umask()
+
+
+def give_plain_modes(root: str | Path) -> None:
+    """Set every file and folder under ``root`` (and ``root``) to the mode a plain write would
+    give it, for trees written by libraries that create private files (safetensors writes 0600)."""
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                os.chmod(p, plain_mode(executable=bool(p.stat().st_mode & 0o111)))
+        for name in dirnames:
+            if not (Path(dirpath) / name).is_symlink():
+                os.chmod(Path(dirpath) / name, plain_mode(is_dir=True))
+    os.chmod(root, plain_mode(is_dir=True))
+
+
+def _temp_name(parent: Path, prefix: str, suffix: str) -> Path:
+    return parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+
+
+def make_temp_dir(parent: str | Path, prefix: str) -> Path:
+    """A new uniquely named folder in ``parent`` with a plain mkdir's mode (``tempfile.mkdtemp``
+    makes it 0700, which a rename into place would keep)."""
+    while True:
+        p = _temp_name(Path(parent), prefix, "")
+        try:
+            os.mkdir(p, 0o777)  # the umask applies, as for any mkdir
+            return p
+        except FileExistsError:
+            continue
+
+
+def _open_temp_file(parent: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    while True:
+        p = _temp_name(parent, prefix, suffix)
+        try:
+            return os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), p  # the umask applies
+        except FileExistsError:
+            continue
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _open_temp_file(path.parent, f".{path.name}.", ".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -97,7 +97,7 @@ class Journal:
             row["spent"] = spent
         data = (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask applies, as for open()
         try:
             if not self._fresh_line_checked:
                 # A line torn by a kill has no newline: end it, so it stays one ignorable line.
