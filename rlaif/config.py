@@ -317,11 +317,14 @@ def validate(cfg: DictConfig) -> None:
     c.need("diagnostics.enabled", "bool")
     c.need("diagnostics.plot", "bool")
     c.need("diagnostics.probe_items", "int", low=0)
-    from rlaif.diagnostics.gate import GATES
+    from rlaif.diagnostics.gate import GATES, SETTINGS
 
     for key, value in (c.get("diagnostics.gate") or {}).items():
-        if key not in GATES:
-            c.errors.append(f"diagnostics.gate.{key}: unknown gate; choose from {', '.join(sorted(GATES))}")
+        if key in SETTINGS:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                c.errors.append(f"diagnostics.gate.{key}: expected a whole number of pairs >= 1 or null, got {value!r}")
+        elif key not in GATES:
+            c.errors.append(f"diagnostics.gate.{key}: unknown gate; choose from {', '.join(sorted(GATES | SETTINGS))}")
         elif value is not None and not (_num(value) and 0 <= value <= 1):
             c.errors.append(f"diagnostics.gate.{key}: expected a rate in [0, 1] or null, got {value!r}")
     c.need("cache.enabled", "bool")

@@ -366,6 +366,55 @@ def test_compute_diagnostics_pairwise_matches_parts():
     assert d["judge/self_preference_flag"] == 1.0
 
 
+def _slot_biased_diagnostics(n_pairs: int, consistent: int) -> dict[str, float]:
+    """Diagnostics of a judge on ``n_pairs`` two-candidate prompts (gold prefers candidate 1) that
+    is right in both orders on the first ``consistent`` pairs and picks slot 1 in both orders on
+    the rest (order-inconsistent)."""
+    prompts, cands = _records(pid_count=n_pairs, k=2)
+    vs = [V(0, 1, 0.1, 0.1, f"p{i}") if i < consistent else V(0, 1, 0.9, 0.1, f"p{i}") for i in range(n_pairs)]
+    js = [Judgment(c.prompt_id, c.index, 0.5, "j", "c") for c in cands]
+    gold = {(c.prompt_id, c.index): float(c.index) for c in cands}
+    return compute_diagnostics(prompts, cands, js, vs, gold_scores=gold)
+
+
+def test_agreement_gate_counts_inconsistent_verdicts_as_ties():
+    from rlaif.diagnostics.gate import check_gate
+
+    d = _slot_biased_diagnostics(40, consistent=4)  # consistent (and right) on 10% of the pairs
+    assert d["judge/accuracy_vs_gold"] == 1.0 and d["judge/gold_pairs"] == 4  # ties dropped: looks perfect
+    assert d["judge/accuracy_vs_gold_with_ties"] == pytest.approx(0.1) and d["judge/gold_pairs_with_ties"] == 40
+    (failure,) = check_gate({"min_agreement": 0.6}, d)
+    assert "judge/accuracy_vs_gold_with_ties = 0.100" in failure and "short by 0.500" in failure
+    assert check_gate({"min_agreement": 0.6}, _slot_biased_diagnostics(40, consistent=40)) == []
+
+
+def test_agreement_gate_refuses_to_pass_on_few_gold_pairs():
+    from rlaif.diagnostics.gate import DEFAULT_MIN_GOLD_PAIRS, check_gate
+
+    few = _slot_biased_diagnostics(10, consistent=10)  # right on every pair, but only 10 of them
+    assert few["judge/accuracy_vs_gold_with_ties"] == 1.0 and DEFAULT_MIN_GOLD_PAIRS > 10
+    (failure,) = check_gate({"min_agreement": 0.6}, few)  # the default minimum applies
+    assert "10 gold pairs" in failure and "diagnostics.gate.min_gold_pairs" in failure
+    (failure,) = check_gate({"min_agreement": 0.6, "min_gold_pairs": 11}, few)
+    assert "fewer than diagnostics.gate.min_gold_pairs = 11" in failure
+    assert check_gate({"min_agreement": 0.6, "min_gold_pairs": 10}, few) == []
+    assert check_gate({"min_agreement": 0.6, "min_gold_pairs": None}, few) == []  # null: no minimum
+    assert check_gate({"min_agreement": None, "min_gold_pairs": 11}, few) == []  # no agreement gate, nothing to refuse
+    with pytest.raises(ValueError, match="min_gold_pair "):
+        check_gate({"min_gold_pair": 3}, few)
+
+
+@pytest.mark.parametrize("value", ["0", "2.5", "true", "many"])
+def test_min_gold_pairs_is_validated(value):
+    from conftest import compose_config
+
+    from rlaif.config import ConfigError, validate
+
+    validate(compose_config([]))  # the default passes
+    with pytest.raises(ConfigError, match=r"diagnostics\.gate\.min_gold_pairs: expected a whole number"):
+        validate(compose_config([f"diagnostics.gate.min_gold_pairs={value}"]))
+
+
 def test_compute_diagnostics_pointwise_uses_same_prompt_pairs():
     prompts, cands = _records(pid_count=2, k=3, seed=3)
     scores = {("p0", 0): 0.1, ("p0", 1): 0.5, ("p0", 2): None, ("p1", 0): 0.3, ("p1", 1): 0.2, ("p1", 2): 0.9}

@@ -145,10 +145,11 @@ def test_sweep_runs_one_job_per_value(tiny_overrides, tmp_path):
 def test_gate_messages_name_metric_and_margin():
     from rlaif.diagnostics.gate import check_gate
 
-    diag = {"judge/accuracy_vs_gold": 0.55, "judge/position_consistency": 0.9, "judge/same_slot_rate": 0.97}
+    diag = {"judge/accuracy_vs_gold_with_ties": 0.55, "judge/gold_pairs_with_ties": 40,
+            "judge/position_consistency": 0.9, "judge/same_slot_rate": 0.97}
     fails = check_gate({"min_agreement": 0.7, "min_position_consistency": 0.5, "max_same_slot_rate": 0.5}, diag)
     assert len(fails) == 2
-    assert "judge/accuracy_vs_gold = 0.550" in fails[0] and "short by 0.150" in fails[0]
+    assert "judge/accuracy_vs_gold_with_ties = 0.550" in fails[0] and "short by 0.150" in fails[0]
     assert "judge/same_slot_rate = 0.970" in fails[1] and "over by 0.470" in fails[1]
     assert check_gate({"min_agreement": 0.5, "max_same_slot_rate": None}, diag) == []
     assert "could not be computed" in check_gate({"min_position_consistency": 0.5}, {})[0]

@@ -51,8 +51,9 @@ def compute_diagnostics(prompts: Sequence[Prompt], candidates: Sequence[Candidat
 
     With ``gold_scores`` ((prompt_id, index) -> gold score; the gold prefers the higher):
     ``accuracy_vs_gold`` / ``cohen_kappa_vs_gold`` over ``gold_pairs`` (ties excluded, Zheng et
-    al. S2), ``accuracy_vs_gold_with_ties`` / ``cohen_kappa_vs_gold_with_ties`` (S1: an
-    order-inconsistent verdict counts as a tie); pairwise judges also get
+    al. S2), ``accuracy_vs_gold_with_ties`` / ``cohen_kappa_vs_gold_with_ties`` over
+    ``gold_pairs_with_ties`` (S1: an order-inconsistent verdict counts as a tie; the judge gate
+    reads these); pairwise judges also get
     ``accuracy_vs_gold_averaged`` (the order-averaged preference that builds the training pairs,
     ties excluded) and ``calibration_error`` (ECE of ``p_a`` against the gold outcome).
 
@@ -119,6 +120,7 @@ def compute_diagnostics(prompts: Sequence[Prompt], candidates: Sequence[Candidat
             rows = [(p, _gold_pref(gold[ka], gold[kb])) for ka, kb, p in pairs if ka in gold and kb in gold]
             ag = agreement([p for p, _ in rows], [g for _, g in rows])
         out["gold_pairs"] = ag["n"]
+        out["gold_pairs_with_ties"] = ag["n_with_ties"]
         for src, dst in (("accuracy", "accuracy_vs_gold"), ("cohen_kappa", "cohen_kappa_vs_gold"),
                          ("accuracy_with_ties", "accuracy_vs_gold_with_ties"),
                          ("cohen_kappa_with_ties", "cohen_kappa_vs_gold_with_ties")):
