@@ -39,6 +39,7 @@ from rlaif.diagnostics import (
 from rlaif.io import read_jsonl_numbered, write_json
 from rlaif.manifest import scrub_hydra_dir
 from rlaif.models import ModelPool
+from rlaif.precision import detect as detect_precision
 from rlaif.types import PairwiseVerdict, Prompt
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,8 @@ def run_audit(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         by_crit[r.get("criterion") or cfg.criteria.name].append(r)
     criteria = {c: _criterion(c) for c in by_crit}
     pool = ModelPool(cfg.cache.dir, cfg.policy.prefer_hub, cfg.policy.trust_remote_code)
-    report: dict[str, Any] = {"data": OmegaConf.to_container(a.data, resolve=True), "n_pairs": len(rows), "judges": {}}
+    report: dict[str, Any] = {"data": OmegaConf.to_container(a.data, resolve=True), "n_pairs": len(rows), "judges": {},
+                              "precision": detect_precision().as_dict()}  # what dtype: auto resolved to
     for name in names:
         t = time.perf_counter()
         per: dict[str, Any] = {}

@@ -155,8 +155,8 @@ def _check_dpo(c: _Checker, at: str, loss_types) -> None:
     c.need(f"{at}.batch_size", "int", low=1)
     c.need(f"{at}.grad_accum", "int", low=1)
     c.need(f"{at}.max_length", "int", low=8)
-    c.need(f"{at}.dtype", "str", choices=("float32", "bfloat16"))
-    c.need(f"{at}.mixed_precision", "str", choices=("no", "bf16"))
+    c.need(f"{at}.dtype", "str", choices=("auto", "float32", "bfloat16"))
+    c.need(f"{at}.mixed_precision", "str", choices=("auto", "no", "bf16", "fp16"))
     c.need(f"{at}.lora.enabled", "bool")
     if c.get(f"{at}.label_smoothing") and c.get(f"{at}.loss_type") not in ("robust", "exo_pair", "sigmoid"):
         c.errors.append(f"{at}.label_smoothing: only used by loss_type robust, exo_pair or sigmoid (cDPO)")
@@ -212,14 +212,14 @@ def validate(cfg: DictConfig) -> None:
     c.need("generator.top_p", "number", low=0, high=1, low_open=True)
     c.need("generator.top_k", "int", low=0)
     c.need("generator.batch_size", "int", low=1)
-    c.need("generator.dtype", "str", choices=("float32", "bfloat16", "float16"))
+    c.need("generator.dtype", "str", choices=("auto", "float32", "bfloat16", "float16"))
     # judge + criteria
     kind = c.get("judge.kind")
     c.need("judge.kind", "str", choices=tuple(REQUIRED_WORDING))
     if c.get("judge.kind") in ("contrastive", "pairwise", "pointwise", "generative", "reward_model"):
         c.need("judge.model", "str")
         c.need("judge.batch_size", "int", low=1)
-        c.need("judge.dtype", "str", choices=("float32", "bfloat16", "float16"))
+        c.need("judge.dtype", "str", choices=("auto", "float32", "bfloat16", "float16"))
     c.need("criteria.name", "str")
     if kind in REQUIRED_WORDING and isinstance(c.get("criteria.name"), str):
         crit = Criterion.from_config(cfg.criteria)
@@ -262,7 +262,7 @@ def validate(cfg: DictConfig) -> None:
             c.need("reward_model.max_length", "int", low=8)
             c.need("reward_model.eval_fraction", "number", low=0, high=0.99)
             c.need("reward_model.save_steps", "int", low=1, optional=True)
-            c.need("reward_model.dtype", "str", choices=("float32", "bfloat16"))
+            c.need("reward_model.dtype", "str", choices=("auto", "float32", "bfloat16"))
     c.need("optimizer.save_steps", "int", low=1, optional=True)
     if oname in ("ppo",):
         c.need("optimizer.learning_rate", "number", low=0, low_open=True)
@@ -273,10 +273,10 @@ def validate(cfg: DictConfig) -> None:
         c.need("optimizer.gamma", "number", low=0, high=1)
         c.need("optimizer.lam", "number", low=0, high=1)
         c.need("optimizer.value_model", "str", choices=("separate", "shared"))
-        c.need("optimizer.mixed_precision", "str", choices=("no", "bf16"))
+        c.need("optimizer.mixed_precision", "str", choices=("auto", "no", "bf16", "fp16"))
     if oname in ("grpo", "rloo", "online_dpo", "cai_sft"):
         c.need("optimizer.learning_rate", "number", low=0, low_open=True)
-        c.need("optimizer.mixed_precision", "str", choices=("no", "bf16"))
+        c.need("optimizer.mixed_precision", "str", choices=("auto", "no", "bf16", "fp16"))
     if oname == "best_of_n":
         c.need("optimizer.n", "int", low=1)
     for key in ("budget.judge_calls", "budget.generated_tokens"):
@@ -309,8 +309,8 @@ def validate(cfg: DictConfig) -> None:
     c.need("evaluation.samples_per_prompt", "int", low=1)
     c.need("evaluation.kl_batch_size", "int", low=1)
     c.need("evaluation.batch_size", "int", low=1)
-    c.need("evaluation.dtype", "str", choices=("float32", "bfloat16", "float16"))
-    c.need("evaluation.kl_dtype", "str", choices=("float32", "bfloat16"))
+    c.need("evaluation.dtype", "str", choices=("auto", "float32", "bfloat16", "float16"))
+    c.need("evaluation.kl_dtype", "str", choices=("auto", "float32", "bfloat16"))
     # tracker
     if c.get("tracker.mode") is not None:
         c.need("tracker.mode", "str", choices=("auto", "online", "offline", "disabled"))

@@ -293,10 +293,14 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, out: Path) -> None:
     tok.save_pretrained(out)
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def torch_dtype(name: str):
+    """The torch dtype for a config value; ``auto`` is this machine's inference dtype (rlaif/precision.py)."""
+    from rlaif.precision import inference_dtype
+
+    name = inference_dtype(name)
     if name not in DTYPES:
         raise ValueError(f"dtype '{name}' is not one of {sorted(DTYPES)}")
     return DTYPES[name]

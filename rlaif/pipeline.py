@@ -39,7 +39,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rlaif import distributed
+from rlaif import distributed, precision
 from rlaif.cache import StageCache, stable_hash
 from rlaif.config import ConfigError, validate
 from rlaif.criteria import Criterion
@@ -250,6 +250,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     if output_dir is None:  # Hydra wrote .hydra/ (the overrides verbatim) before this ran: mask secrets first
         scrub_hydra_dir(_hydra_output_dir(), OmegaConf.to_container(cfg, resolve=False))
     validate(cfg)
+    auto_dtypes = precision.resolve_config(cfg)  # every dtype: auto becomes this machine's choice, before any key
     check_reliability_keys(cfg)
     if errors := distributed.check(cfg):
         raise ConfigError("Invalid config for a multi-process launch:\n  - " + "\n  - ".join(errors))
@@ -257,6 +258,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     main = distributed.is_main()  # another process of a multi-process launch keeps nothing (rlaif/distributed.py)
     if not main:  # process 0 reports; the others only warn
         logging.getLogger("rlaif").setLevel(logging.WARNING)
+    else:
+        precision.announce(auto_dtypes)
     name = cfg.name or _hydra_choice("experiment") or "rlaif"
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
 
@@ -314,6 +317,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
                                "processes": distributed.world_size(),
                                "wandb_run_id": entry["wandb_run_id"],
                                "replay_of": str(recorded.folder) if recorded else None}
+            manifest["precision"] = {**precision.detect().as_dict(), "auto_keys": auto_dtypes}
             write_json(out / "manifest.json", manifest)
             r.tracker.start(out, {**resolved, "manifest": {k: v for k, v in manifest.items() if k != "config"}},
                             name, run_id=entry["wandb_run_id"], resume=resumed is not None)
@@ -348,6 +352,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         raise
     progress = r.progress
     summary.update(progress.counters())
+    summary.update(precision.summary(auto_dtypes))
     summary["time/total_s"] = round(time.perf_counter() - t_start, 2)
     summary = {k: _finite_or_none(v) for k, v in summary.items()}
     if not main:  # the summary of the entries process 0 computed; process 0 writes and prints it
@@ -926,6 +931,7 @@ def format_summary(name: str, s: dict, out: Path, location: str | None, hits: di
         f" generated tokens",
         f"  preference pairs: {f('preferences/pairs', '{:.0f}')} (invalid judgments {f('judge/invalid', '{:.0f}')},"
         f" judge agrees with gold on {f('judge/pair_agreement_with_gold', '{:.0%}')} of pairs)",
+        f"  precision: {s.get('precision/dtype', 'n/a')} (training autocast {s.get('precision/mixed_precision', 'n/a')})",
         "  time per stage: " + ", ".join(
             f"{st} {s[f'time/{st}_s']:.0f}s{' (cached)' if hits.get(st) else ''}" for st in stages),
         f"  run folder: {out}",

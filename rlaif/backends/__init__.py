@@ -22,7 +22,7 @@ class BackendUnsupported(NotImplementedError):
     """The backend cannot provide what the judge asked for (e.g. teacher forcing over an API)."""
 
 
-def make_backend(pool=None, model: str | None = None, dtype: str = "bfloat16", batch_size: int = 16,
+def make_backend(pool=None, model: str | None = None, dtype: str = "auto", batch_size: int = 16,
                  api: dict | None = None, backend=None):
     """The judge's backend: an explicit one, an OpenAI-compatible API (``api`` settings), or local."""
     if backend is not None:

@@ -8,7 +8,7 @@ from rlaif.scoring import chat_prefix_ids, continuation_logprobs, left_pad, next
 
 
 class LocalBackend:
-    def __init__(self, pool, model: str, dtype: str = "bfloat16", batch_size: int = 16):
+    def __init__(self, pool, model: str, dtype: str = "auto", batch_size: int = 16):
         self.pool, self.model_name, self.dtype, self.batch_size = pool, model, dtype, batch_size
 
     @property

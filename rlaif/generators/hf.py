@@ -19,7 +19,7 @@ from rlaif.types import Candidate, Prompt
 
 class HFGenerator:
     def __init__(self, model: str, num_candidates: int = 4, max_new_tokens: int = 48, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, batch_size: int = 32, dtype: str = "bfloat16", **_unused):
+                 top_p: float = 1.0, top_k: int = 0, batch_size: int = 32, dtype: str = "auto", **_unused):
         self.model_name = model
         self.num_candidates = num_candidates
         self.max_new_tokens = max_new_tokens

@@ -18,7 +18,7 @@ class ContrastiveJudge(Judge):
     kind = "contrastive"
     pointwise = True
 
-    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "bfloat16",
+    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "auto",
                  batch_size: int = 16, name: str | None = None, backend=None, api: dict | None = None,
                  seed: int = 0, **_unused):
         criterion.require(self.kind)

@@ -98,7 +98,7 @@ class GenerativeJudge(Judge):
     kind = "generative"
     pointwise = False
 
-    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "bfloat16",
+    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "auto",
                  batch_size: int = 8, chain_of_thought: bool = False, max_new_tokens: int | None = None,
                  temperature: float = 0.0, few_shot: bool = True, seed: int = 0, name: str | None = None,
                  backend=None, api: dict | None = None, **_unused):

@@ -30,7 +30,7 @@ class PairwiseJudge(Judge):
     kind = "pairwise"
     pointwise = False
 
-    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "bfloat16",
+    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "auto",
                  batch_size: int = 8, answer_tokens: tuple[str, str] = ("1", "2"), name: str | None = None,
                  backend=None, api: dict | None = None, swap_fraction: float = 1.0, parse_fallback: bool = True,
                  seed: int = 0, **_unused):

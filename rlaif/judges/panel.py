@@ -118,7 +118,7 @@ class PanelJudge(Judge):
     pointwise = False
 
     def __init__(self, criterion: Criterion, members: list, aggregation: str = "mean",
-                 weights: list[float] | None = None, pool=None, model: str | None = None, dtype: str = "bfloat16",
+                 weights: list[float] | None = None, pool=None, model: str | None = None, dtype: str = "auto",
                  batch_size: int = 8, name: str | None = None, backend=None, api: dict | None = None, **_unused):
         criterion = criterion or Criterion("panel", "each member's own criterion")  # rule-only panels need none
         super().__init__(criterion, name)
@@ -206,7 +206,7 @@ class MultiCriterionJudge(Judge):
     kind = "multi_criterion"
 
     def __init__(self, criterion: Criterion | None = None, judge=None, criteria: list | None = None, pool=None,
-                 model: str | None = None, dtype: str = "bfloat16", batch_size: int = 8, name: str | None = None,
+                 model: str | None = None, dtype: str = "auto", batch_size: int = 8, name: str | None = None,
                  backend=None, api: dict | None = None, **_unused):
         if judge is None:
             raise ValueError("multi_criterion needs judge.judge: the member judge config (with _target_)")

@@ -65,7 +65,7 @@ class PointwiseJudge(Judge):
     kind = "pointwise"
     pointwise = True
 
-    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "bfloat16",
+    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "auto",
                  batch_size: int = 8, min_rating: int = 1, max_rating: int = 9, min_rating_mass: float = 0.0,
                  few_shot: bool = True, seed: int = 0, name: str | None = None, backend=None, api: dict | None = None, **_unused):
         criterion.require(self.kind)

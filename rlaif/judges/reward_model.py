@@ -24,7 +24,7 @@ class RewardModelJudge(Judge):
     kind = "reward_model"
     pointwise = True
 
-    def __init__(self, criterion: Criterion, model: str, pool=None, dtype: str = "bfloat16", batch_size: int = 8,
+    def __init__(self, criterion: Criterion, model: str, pool=None, dtype: str = "auto", batch_size: int = 8,
                  max_length: int = 2048, trust_remote_code: bool = False, device: str = "auto",
                  name: str | None = None, **_unused):
         super().__init__(criterion, name)

@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 
 from rlaif import distributed
+from rlaif.precision import mixed_precision as mixed_precision_for
+from rlaif.precision import training_dtype
 from rlaif.io import read_jsonl, write_json, write_records
 from rlaif.optimizers.base import TrainContext, lora_config
 from rlaif.optimizers.trl_online import common_args, log_forwarder, resumer, train_resumable
@@ -68,7 +70,8 @@ class ConstitutionalSFT:
         self.learning_rate, self.epochs = learning_rate, epochs
         self.batch_size, self.grad_accum, self.max_length = batch_size, grad_accum, max_length
         self.lr_scheduler, self.warmup_ratio, self.max_grad_norm = lr_scheduler, warmup_ratio, max_grad_norm
-        self.gradient_checkpointing, self.dtype, self.mixed_precision = gradient_checkpointing, dtype, mixed_precision
+        self.gradient_checkpointing, self.dtype = gradient_checkpointing, training_dtype(dtype)
+        self.mixed_precision = mixed_precision_for(mixed_precision)
         self.lora = dict(lora or {})
         self.logging_steps = logging_steps
         self.save_steps = save_steps

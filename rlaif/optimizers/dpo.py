@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from rlaif.precision import mixed_precision as mixed_precision_for
+from rlaif.precision import training_dtype
 from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,8 @@ class DPOOptimizer:
         self.learning_rate, self.epochs, self.batch_size, self.grad_accum = learning_rate, epochs, batch_size, grad_accum
         self.max_length, self.warmup_ratio, self.lr_scheduler = max_length, warmup_ratio, lr_scheduler
         self.weight_decay, self.max_grad_norm = weight_decay, max_grad_norm
-        self.precompute_ref_log_probs, self.dtype = precompute_ref_log_probs, dtype
-        self.mixed_precision = mixed_precision
+        self.precompute_ref_log_probs, self.dtype = precompute_ref_log_probs, training_dtype(dtype)
+        self.mixed_precision = mixed_precision_for(mixed_precision)
         self.lora = dict(lora or {})
         self.logging_steps = logging_steps
         self.save_steps = save_steps
@@ -80,7 +82,8 @@ def train_dpo(opt: DPOOptimizer, model_path: str, pairs: list, output_dir: Path,
         max_grad_norm=opt.max_grad_norm, precompute_ref_log_probs=opt.precompute_ref_log_probs,
         logging_steps=opt.logging_steps, report_to=[], seed=seed, data_seed=seed,
         logging_nan_inf_filter=False,  # log a NaN loss as NaN (the default averages it away, logging 0.0)
-        bf16=opt.dtype == "bfloat16" or opt.mixed_precision == "bf16", dataloader_num_workers=0, disable_dropout=True,
+        bf16=opt.dtype == "bfloat16" or opt.mixed_precision == "bf16", fp16=opt.mixed_precision == "fp16",
+        dataloader_num_workers=0, disable_dropout=True,
         use_cpu=not torch.cuda.is_available(),
     )
     last: dict[str, float] = {}

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from rlaif.precision import mixed_precision as mixed_precision_for
+from rlaif.precision import training_dtype
 from rlaif.optimizers.base import TrainContext, lora_config
 from rlaif.optimizers.trl_online import (
     CountingReward,
@@ -117,7 +119,8 @@ class OnlineDPOOptimizer:
         self.max_new_tokens, self.max_length, self.temperature = max_new_tokens, max_length, temperature
         self.missing_eos_penalty = missing_eos_penalty
         self.lr_scheduler, self.warmup_ratio, self.max_grad_norm = lr_scheduler, warmup_ratio, max_grad_norm
-        self.gradient_checkpointing, self.dtype, self.mixed_precision = gradient_checkpointing, dtype, mixed_precision
+        self.gradient_checkpointing, self.dtype = gradient_checkpointing, training_dtype(dtype)
+        self.mixed_precision = mixed_precision_for(mixed_precision)
         self.lora = dict(lora or {})
         self.logging_steps = logging_steps
         self.save_steps = save_steps

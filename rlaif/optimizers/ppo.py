@@ -40,6 +40,8 @@ from tqdm.auto import tqdm
 
 from rlaif.optimizers import ppo_math as pm
 from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy
+from rlaif.precision import mixed_precision as mixed_precision_for
+from rlaif.precision import training_dtype
 from rlaif.scoring import chat_prefix_ids, left_pad
 from rlaif.types import Prompt
 
@@ -72,7 +74,7 @@ class PPOOptimizer:
                  reward_norm: str = "running", reward_clip: float | None = None,
                  missing_eos_penalty: float | None = None, value_model: str = "shared",
                  max_grad_norm: float | None = 1.0, adam_eps: float = 1e-5, weight_decay: float = 0.0,
-                 dtype: str = "float32", mixed_precision: str = "bf16", lora: dict | None = None,
+                 dtype: str = "auto", mixed_precision: str = "auto", lora: dict | None = None,
                  save_every: int | None = 10, keep_checkpoints: int = 2, logging_steps: int = 1,
                  progress_bar: bool = True, **_unused):
         self.learning_rate, self.value_learning_rate = learning_rate, value_learning_rate
@@ -84,7 +86,7 @@ class PPOOptimizer:
         self.whiten_advantages, self.reward_norm, self.reward_clip = whiten_advantages, reward_norm, reward_clip
         self.missing_eos_penalty, self.value_model = missing_eos_penalty, value_model
         self.max_grad_norm, self.adam_eps, self.weight_decay = max_grad_norm, adam_eps, weight_decay
-        self.dtype, self.mixed_precision = dtype, mixed_precision
+        self.dtype, self.mixed_precision = training_dtype(dtype), mixed_precision_for(mixed_precision)
         self.lora = _plain(lora or {})  # Hydra hands over a DictConfig; checkpoints store it as JSON
         self.save_every, self.keep_checkpoints = save_every, keep_checkpoints
         self.logging_steps, self.progress_bar = logging_steps, progress_bar
@@ -98,7 +100,8 @@ class PPOOptimizer:
 
         need(self.value_model in VALUE_MODELS, f"value_model must be one of {VALUE_MODELS}, got {self.value_model!r}")
         need(self.reward_norm in REWARD_NORMS, f"reward_norm must be one of {REWARD_NORMS}, got {self.reward_norm!r}")
-        need(self.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        need(self.mixed_precision in ("no", "bf16", "fp16"),
+             f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         for key in ("learning_rate", "total_episodes", "rollout_batch_size", "ppo_epochs", "num_minibatches",
                     "grad_accum", "forward_batch_size", "kl_horizon", "keep_checkpoints", "logging_steps"):
             need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")

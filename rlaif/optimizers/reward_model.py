@@ -21,6 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from rlaif import distributed
+from rlaif.precision import mixed_precision as mixed_precision_for
+from rlaif.precision import training_dtype
 from rlaif.optimizers.trl_online import common_args, log_forwarder
 from rlaif.types import PreferencePair
 
@@ -40,7 +42,8 @@ class RewardModelTrainer:
         self.max_length, self.eval_fraction, self.min_eval_pairs = max_length, eval_fraction, min_eval_pairs
         self.center_rewards_coefficient = center_rewards_coefficient
         self.lr_scheduler, self.warmup_ratio, self.max_grad_norm = lr_scheduler, warmup_ratio, max_grad_norm
-        self.gradient_checkpointing, self.dtype, self.mixed_precision = gradient_checkpointing, dtype, mixed_precision
+        self.gradient_checkpointing, self.dtype = gradient_checkpointing, training_dtype(dtype)
+        self.mixed_precision = mixed_precision_for(mixed_precision)
         self.lora = dict(lora or {})
         self.logging_steps = logging_steps
         self.save_steps = save_steps

@@ -27,7 +27,7 @@ class SelfRewardingDPO:
     needs_pairs = False
     needs_reward = False
 
-    def __init__(self, rounds: int = 3, num_candidates: int = 4, judge_dtype: str = "bfloat16",
+    def __init__(self, rounds: int = 3, num_candidates: int = 4, judge_dtype: str = "auto",
                  judge_batch_size: int = 8, sample_batch_size: int = 32, min_margin: float = 0.0,
                  dpo: DPOOptimizer | dict | None = None, **_unused):
         if int(rounds) < 1 or int(num_candidates) < 2:

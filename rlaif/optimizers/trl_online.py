@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from rlaif.precision import mixed_precision as mixed_precision_for
+from rlaif.precision import training_dtype
 from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy, trl_reward
 
 log = logging.getLogger(__name__)
@@ -138,7 +140,7 @@ def common_args(opt, seed: int, output_dir: Path, max_steps: int | None = None,
         warmup_steps=opt.warmup_ratio, lr_scheduler_type=opt.lr_scheduler, max_grad_norm=opt.max_grad_norm,
         logging_steps=opt.logging_steps, report_to=[], seed=seed, data_seed=seed,
         logging_nan_inf_filter=False,  # log a NaN loss as NaN (the default averages it away, logging 0.0)
-        bf16=opt.dtype == "bfloat16" or opt.mixed_precision == "bf16", fp16=False,
+        bf16=opt.dtype == "bfloat16" or opt.mixed_precision == "bf16", fp16=opt.mixed_precision == "fp16",
         gradient_checkpointing=opt.gradient_checkpointing, dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
@@ -202,7 +204,8 @@ class _OnlineBase:
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.lr_scheduler, self.warmup_ratio, self.max_grad_norm = lr_scheduler, warmup_ratio, max_grad_norm
         self.mask_truncated_completions = mask_truncated_completions
-        self.gradient_checkpointing, self.dtype, self.mixed_precision = gradient_checkpointing, dtype, mixed_precision
+        self.gradient_checkpointing, self.dtype = gradient_checkpointing, training_dtype(dtype)
+        self.mixed_precision = mixed_precision_for(mixed_precision)
         self.lora = dict(lora or {})
         self.logging_steps = logging_steps
         self.save_steps = save_steps
