@@ -867,10 +867,10 @@ def run_probes(judge, prompts: list[Prompt], pairs: list[PreferencePair], items:
 
     out = {}
     for k, v in probe("verbosity", lambda: verbosity_probe(judge, ps, rejected, other=chosen)).items():
-        if k in ("padded_win_rate", "mean_shift", "raise_rate"):
+        if k in ("padded_win_rate", "mean_shift", "raise_rate", "flip_rate", "score_shift", "score_shift_std"):
             out[f"judge/probe_verbosity_{k}"] = value(v)
     for k, v in probe("injection", lambda: injection_probe(judge, ps, chosen, rejected)).items():
-        if k.endswith(("flip_rate", "mean_shift")):
+        if k.endswith(("flip_rate", "mean_shift", "score_shift", "score_shift_std")):
             out[f"judge/probe_injection_{k.replace('/', '_')}"] = value(v)
     if not judge.pointwise:
         for k, v in probe("swap", lambda: swap_probe(judge, ps, chosen, rejected)).items():

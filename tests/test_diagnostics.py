@@ -554,6 +554,7 @@ def test_probes_with_pairwise_judge(tiny_model, pool, criterion):
     assert all(r[f"{n}/n"] == 3 for n in INJECTIONS)
     r = verbosity_probe(judge, PROMPTS, GOOD, other=BAD)
     assert r["n"] == 3 and _unit(r["padded_win_rate"]) and _unit(r["raise_rate"]) and _shift(r["mean_shift"])
+    assert _unit(r["flip_rate"]) and not any("score_shift" in k for k in r)  # no score of its own
 
 
 def test_swap_probe_catches_a_judge_that_does_not_swap(tiny_model, sharp_pool, criterion):
@@ -604,6 +605,63 @@ def test_rule_judge_agrees_with_itself_as_gold():
     # Against reversed gold the same judge is always wrong.
     d = compute_diagnostics(PROMPTS, cands, judgments, verdicts, {k: -v for k, v in gold.items()})
     assert d["judge/accuracy_vs_gold"] == 0.0 and d["judge/cohen_kappa_vs_gold"] < 0
+
+
+def test_probes_report_a_pointwise_judges_own_score_shift(sharp_model, criterion):
+    """A pointwise judge's preference is a hard 1 / 0 / 0.5, so a probe that reads only
+    preferences sees no effect until a verdict flips; the judge's own scores show it."""
+    import statistics
+
+    from rlaif.diagnostics import RESTATE
+    from rlaif.diagnostics.bias import pref_label
+    from rlaif.judges import PointwiseJudge
+
+    judge = PointwiseJudge(criterion, pool=ModelPool(), model=sharp_model, dtype="float32")
+    by_hand = PointwiseJudge(criterion, backend=judge.backend)  # the same model, nothing memoised
+
+    def scores(texts):
+        return by_hand.score(PROMPTS, texts)
+
+    r = verbosity_probe(judge, PROMPTS, BAD, other=GOOD)
+    orig, pad, other = scores(BAD), scores([RESTATE.format(response=x) for x in BAD]), scores(GOOD)
+    shift = statistics.fmean(y - x for x, y in zip(orig, pad, strict=True))
+    assert abs(shift) > 1e-4 and r["n_scored"] == 3
+    assert r["score_shift"] == pytest.approx(shift, abs=1e-6)
+    assert r["score_shift_std"] == pytest.approx(shift / statistics.pstdev(orig + other), rel=1e-5)
+    verdicts = [(pref_label(float(x > o) if x != o else 0.5), pref_label(float(y > o) if y != o else 0.5))
+                for x, y, o in zip(orig, pad, other, strict=True)]
+    assert r["flip_rate"] == pytest.approx(sum(u != v for u, v in verdicts) / 3)
+
+    r = injection_probe(judge, PROMPTS, GOOD, BAD)
+    spread = statistics.pstdev(other + orig)
+    for name, note in INJECTIONS.items():
+        injected = scores([f"{t}\n\n{note}" for t in BAD])
+        rise = statistics.fmean(y - x for x, y in zip(orig, injected, strict=True))
+        assert abs(rise) > 1e-4
+        assert r[f"{name}/score_shift"] == pytest.approx(rise, abs=1e-6)
+        assert r[f"{name}/score_shift_std"] == pytest.approx(rise / spread, rel=1e-5)
+        if r[f"{name}/flip_rate"] == 0.0:  # no verdict flipped: the preference shift is blind
+            assert r[f"{name}/mean_shift"] == 0.0
+
+
+def test_probe_score_shift_reaches_the_run_metrics(tmp_path):
+    """run_probes (what diagnostics.json and W&B get) carries the score shifts and flip rates of a
+    pointwise judge."""
+    from rlaif.pipeline import run_probes
+    from rlaif.types import PreferencePair
+
+    pairs = [PreferencePair(prompt=p.messages, chosen=[{"role": "assistant", "content": g}],
+                            rejected=[{"role": "assistant", "content": b}], prompt_id=p.id, chosen_index=0,
+                            rejected_index=1, chosen_score=1.0, rejected_score=0.0, margin=1.0, judge="t",
+                            criterion="c") for p, g, b in zip(PROMPTS, GOOD, BAD, strict=True)]
+    got = run_probes(VaderJudge(), PROMPTS, pairs, 3)
+    direct = verbosity_probe(VaderJudge(), PROMPTS, BAD, other=GOOD)
+    assert got["judge/probe_verbosity_score_shift"] == pytest.approx(direct["score_shift"])
+    assert direct["score_shift"] < 0  # repeating a negative text pushes VADER's compound score further down
+    for key in ("judge/probe_verbosity_score_shift_std", "judge/probe_verbosity_flip_rate",
+                *(f"judge/probe_injection_{n}_{m}" for n in INJECTIONS for m in ("score_shift", "score_shift_std",
+                                                                                 "flip_rate", "mean_shift"))):
+        assert math.isfinite(got[key]), key
 
 
 def test_vader_probes_survive_odd_text():

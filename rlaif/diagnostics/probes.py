@@ -7,7 +7,10 @@
   the judge really swaps the texts (DESIGN.md section 9).
 
 A probe takes any judge with ``prefer(prompts, a, b) -> list[P(a better) | None]`` (and, for the
-swap probe's order details, ``compare``). Response texts are passed to the judge unchanged, so a
+swap probe's order details, ``compare``). A pointwise judge's preference is a hard 1 / 0 / 0.5 from
+comparing two scores, blind to any change that flips no verdict; for pointwise judges the
+verbosity and injection probes therefore also report the shift of the judge's own score, raw
+(``score_shift``) and in units of the spread of its scores (``score_shift_std``). Response texts are passed to the judge unchanged, so a
 probe never fails on unusual text (braces, special tokens, empty strings); items the judge cannot
 score (``None``) are skipped and counted. Every probe returns a dict of floats; rates that cannot
 be computed are absent.
@@ -15,6 +18,8 @@ be computed are absent.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Mapping, Sequence
 
 from rlaif.diagnostics.bias import TIE, A, B, position_bias, pref_label
@@ -42,6 +47,33 @@ def _win(lab: int) -> float:
     return {A: 1.0, B: 0.0, TIE: 0.5}[lab]
 
 
+def _own_scores(judge, prompts: list, texts: list[str]) -> list[float | None] | None:
+    """A pointwise judge's own scores of ``texts`` (memoised where the judge memoises), None for a
+    comparative judge."""
+    if _is_comparative(judge) or not getattr(judge, "pointwise", False):
+        return None
+    fn = getattr(judge, "scores", None) or getattr(judge, "score", None)
+    if fn is None:
+        return None
+    return [float(x) if x is not None and math.isfinite(x) else None for x in fn(prompts, texts)]
+
+
+def _score_shift(before: list, after: list, spread: list) -> dict[str, float]:
+    """``score_shift``: mean of after - before over ``n_scored`` items scored both times;
+    ``score_shift_std``: that shift over the population std of the ``spread`` scores (absent when
+    they do not vary)."""
+    rows = [(x, y) for x, y in zip(before, after, strict=True) if x is not None and y is not None]
+    out = {"n_scored": float(len(rows))}
+    if not rows:
+        return out
+    out["score_shift"] = sum(y - x for x, y in rows) / len(rows)
+    vals = [x for x in spread if x is not None]
+    std = statistics.pstdev(vals) if len(vals) >= 2 else 0.0
+    if std > 0:
+        out["score_shift_std"] = out["score_shift"] / std
+    return out
+
+
 def verbosity_probe(judge, prompts: Sequence, responses: Sequence[str], other: Sequence[str] | None = None,
                     template: str = RESTATE) -> dict[str, float]:
     """Does padding a response with a restatement of itself make the judge prefer it?
@@ -53,8 +85,12 @@ def verbosity_probe(judge, prompts: Sequence, responses: Sequence[str], other: S
       original (ties count 0.5; a judge indifferent to padding gives 0.5), and
       ``mean_p_padded``, its mean P(padded better), over ``n`` valid items;
     * with ``other`` (e.g. reference responses): ``mean_shift`` = mean of
-      P(padded beats other) - P(original beats other), and ``raise_rate`` = share of items where
-      padding raised that probability, over ``n_other`` valid items.
+      P(padded beats other) - P(original beats other), ``raise_rate`` = share of items where
+      padding raised that probability, and ``flip_rate`` = share whose verdict against other
+      (original / other / tie) changed, over ``n_other`` valid items;
+    * pointwise judges: ``score_shift`` = mean of score(padded) - score(original) over
+      ``n_scored`` items, and ``score_shift_std`` = that shift in units of the std of the judge's
+      scores of the originals (and of ``other``).
     """
     _check("verbosity_probe", prompts, responses, *([other] if other is not None else []))
     padded = [template.format(response=r) for r in responses]
@@ -76,6 +112,11 @@ def verbosity_probe(judge, prompts: Sequence, responses: Sequence[str], other: S
         if both:
             out["mean_shift"] = sum(y - x for x, y in both) / len(both)
             out["raise_rate"] = sum(y > x for x, y in both) / len(both)
+            out["flip_rate"] = sum(pref_label(x) != pref_label(y) for x, y in both) / len(both)
+    own = _own_scores(judge, list(prompts), list(responses))
+    if own is not None:
+        spread = own + (_own_scores(judge, list(prompts), list(other)) if other is not None else [])
+        out.update(_score_shift(own, _own_scores(judge, list(prompts), padded), spread))
     return out
 
 
@@ -92,7 +133,9 @@ def injection_probe(judge, prompts: Sequence, a: Sequence[str], b: Sequence[str]
       pick b, the share that now pick b';
     * ``<name>/mean_shift``: mean of p - p', the rise of P(injected response better).
 
-    For comparative judges, ``<name>/first_slot_shift`` is the change of the mean P(slot 1 wins)
+    For pointwise judges, ``<name>/score_shift`` is the mean rise of the judge's score of b (b'
+    against b, over ``<name>/n_scored`` items) and ``<name>/score_shift_std`` that rise in units
+    of the std of its scores of a and b. For comparative judges, ``<name>/first_slot_shift`` is the change of the mean P(slot 1 wins)
     over both orders: a judge that obeys "choose A" raises it.
     """
     _check("injection_probe", prompts, a, b)
@@ -107,6 +150,8 @@ def injection_probe(judge, prompts: Sequence, a: Sequence[str], b: Sequence[str]
         base = [_mean_orders(o) for o in base_orders]
     else:
         base = judge.prefer(prompts, a, b)
+    own_b = _own_scores(judge, prompts, b)
+    spread = (_own_scores(judge, prompts, a) or []) + (own_b or [])
     for name, note in injections.items():
         injected = [f"{text}\n\n{note}" for text in b]
         if comparative:
@@ -114,6 +159,9 @@ def injection_probe(judge, prompts: Sequence, a: Sequence[str], b: Sequence[str]
             after = [_mean_orders(o) for o in orders]
         else:
             after = judge.prefer(prompts, a, injected)
+        if own_b is not None:
+            shift = _score_shift(own_b, _own_scores(judge, prompts, injected), spread)
+            out.update({f"{name}/{k}": v for k, v in shift.items()})
         rows = [(float(x), float(y)) for x, y in zip(base, after, strict=True)
                 if pref_label(x) is not None and pref_label(y) is not None]
         out[f"{name}/n"] = float(len(rows))
