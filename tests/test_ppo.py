@@ -140,15 +140,98 @@ def test_unscorable_episodes_are_masked_and_counted(tiny_model, tmp_path):
     assert all(torch.equal(start[k], trained[k]) for k in start)
 
 
-def test_missing_eos_penalty_replaces_the_score(tiny_model, tmp_path):
-    ctx = context(tiny_model, tmp_path, lambda ps, cs: [float("nan")] * len(cs))
-    ppo(total_episodes=B, missing_eos_penalty=-1.0).train(ctx)
+def constant(value: float):
+    def reward(ps, cs):
+        return [value] * len(cs)
+    return reward
+
+
+def test_missing_eos_penalty_is_subtracted_from_the_score(tiny_model, tmp_path):
+    """As in TRL: a response without EOS keeps its score minus the penalty."""
+    ctx = context(tiny_model, tmp_path / "scored", constant(0.5), checkpoints=False)
+    ppo(total_episodes=2 * B, missing_eos_penalty=2.0, reward_norm="none").train(ctx)
+    rates = [row["train/no_eos_rate"] for row in ctx.history]
+    assert any(r > 0 for r in rates)  # the random tiny model rarely ends within 6 tokens
+    for row, rate in zip(ctx.history, rates, strict=True):
+        assert row["train/masked_episodes"] == 0
+        assert row["train/score_with_penalty"] == pytest.approx(0.5 - 2.0 * rate, abs=1e-6)
+
+    # A penalty adjusts a score; it is not one: unscorable responses stay out of the loss.
+    ctx = context(tiny_model, tmp_path / "unscorable", constant(float("nan")), checkpoints=False)
+    ppo(total_episodes=B, missing_eos_penalty=2.0).train(ctx)
+    assert ctx.history[0]["train/masked_episodes"] == B
+    start, trained = weights(tiny_model), weights(ctx.output_dir)
+    assert all(torch.equal(start[k], trained[k]) for k in start)
+
+    with pytest.raises(ValueError, match="missing_eos_penalty is subtracted.*got -1.0"):
+        PPOOptimizer(missing_eos_penalty=-1.0)
+
+
+def test_value_head_starts_at_zero(tiny_model, tmp_path):
+    from rlaif.optimizers.ppo import value_head
+
+    head = value_head(32)
+    assert head.weight.abs().sum() == 0 and head.bias.abs().sum() == 0
+    assert torch.equal(head(torch.randn(3, 5, 32)), torch.zeros(3, 5, 1))
+    # In the loop: the first rollout's values are all 0, so they explain none of the returns' variance
+    # (a randomly initialised head gives V != 0 and an explained variance away from 0).
+    for value_model in ("shared", "separate"):
+        ctx = context(tiny_model, tmp_path / value_model, checkpoints=False)
+        ppo(total_episodes=B, value_model=value_model, mixed_precision="no").train(ctx)
+        assert ctx.history[0]["train/explained_variance"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(("target_kl", "direction"), [(1e-9, 1), (1e3, -1)], ids=["kl-above", "kl-below"])
+def test_adaptive_kl_coefficient_follows_the_batch_kl(tiny_model, tmp_path, target_kl, direction):
+    """Inside the training loop each iteration's KL moves the next iteration's coefficient: up while
+    the KL is above the target, down while it is below."""
+    ctx = context(tiny_model, tmp_path, checkpoints=False)
+    ppo(total_episodes=4 * B, target_kl=target_kl, kl_horizon=8, learning_rate=3e-3, mixed_precision="no").train(ctx)
+    coefs = [row["train/kl_coef"] for row in ctx.history]
+    kls = [row["train/kl"] for row in ctx.history]
+    assert coefs[0] == 0.05  # the first iteration uses the configured coefficient
+    moved = 0
+    for kl, before, after in zip(kls[:-1], coefs[:-1], coefs[1:], strict=True):
+        if kl == pytest.approx(target_kl, abs=1e-12):
+            continue
+        assert math.copysign(1, after - before) == math.copysign(1, kl - target_kl), (kls, coefs)
+        moved += math.copysign(1, after - before) == direction
+    assert moved >= 1, (kls, coefs)  # the estimator can dip below 0 on a batch; 1e-9 is passed soon
+
+
+def adam_steps(ctx: TrainContext) -> int:
+    """Optimizer steps taken, as Adam counted them (read from the final checkpoint)."""
+    (ckpt,) = checkpoints(ctx)
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)["state"]
+    return {int(v["step"]) for v in state.values()}.pop()
+
+
+def test_minibatches_and_gradient_accumulation_set_the_optimizer_steps(tiny_model, tmp_path):
+    # 2 iterations x 2 epochs x (4 episodes / mini_batch_size 2) = 8 steps; grad_accum splits each
+    # minibatch into micro-batches without adding steps. mini_batch_size overrides num_minibatches.
+    ctx = context(tiny_model, tmp_path / "accum")
+    ppo(mini_batch_size=2, num_minibatches=1, grad_accum=2, mixed_precision="no").train(ctx)
+    assert adam_steps(ctx) == 2 * 2 * 2
+    ctx = context(tiny_model, tmp_path / "one")
+    ppo(mini_batch_size=4, num_minibatches=2, grad_accum=4, mixed_precision="no").train(ctx)
+    assert adam_steps(ctx) == 2 * 2 * 1
+    ctx = context(tiny_model, tmp_path / "plain")
+    ppo(num_minibatches=4, mixed_precision="no").train(ctx)
+    assert adam_steps(ctx) == 2 * 2 * 4
+
+
+def test_whiten_advantages_false_keeps_the_raw_advantages(tiny_model, tmp_path):
+    # A constant score of 5 and V = 0 at the start: every first-iteration advantage is
+    # 5 * (gamma * lam)^k for k < 6 tokens (the KL penalty is 0 while policy == reference).
+    ctx = context(tiny_model, tmp_path / "raw", constant(5.0), checkpoints=False)
+    ppo(total_episodes=B, whiten_advantages=False, reward_norm="none", mixed_precision="no").train(ctx)
     row = ctx.history[0]
-    # the random tiny model rarely emits EOS within 6 tokens: those responses get the penalty as
-    # their score and train although the judge scored none; only the finished ones stay masked
-    assert row["train/unscorable"] == B and row["train/no_eos_rate"] > 0
-    assert row["train/masked_episodes"] == round(B * (1 - row["train/no_eos_rate"]))
-    assert row["train/score_with_penalty"] == -1.0
+    assert 5 * 0.95**5 - 1e-3 <= row["train/advantage_mean"] <= 5 + 1e-3
+    ctx = context(tiny_model, tmp_path / "whitened", constant(5.0), checkpoints=False)
+    ppo(total_episodes=B, whiten_advantages=True, reward_norm="none", mixed_precision="no").train(ctx)
+    row = ctx.history[0]
+    assert row["train/advantage_mean"] == pytest.approx(0.0, abs=1e-5)
+    assert row["train/advantage_std"] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tiny_model, tmp_path):
@@ -173,7 +256,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tiny_model, tmp_path
     # the weights up within iteration 2: the same error, and the checkpoint is still iteration 1's.
     ctx = context(tiny_model, tmp_path)
     with pytest.raises(NonFiniteLossError, match="iteration 2"):
-        ppo(save_every=1, total_episodes=3 * B, learning_rate=1e3, max_grad_norm=None, reward_norm="none").train(ctx)
+        ppo(save_every=1, total_episodes=3 * B, learning_rate=1e30, max_grad_norm=None, reward_norm="none").train(ctx)
     assert [p.name for p in checkpoints(ctx)] == [ckpt.name]
     assert json.loads((ckpt / "state.json").read_text())["iteration"] == 1
 
@@ -234,7 +317,8 @@ def test_mixed_precision_bf16_runs(tiny_model, tmp_path):
 def test_bad_settings_fail_at_construction():
     for bad, match in ((dict(value_model="twin"), "value_model"), (dict(reward_norm="batch"), "reward_norm"),
                        (dict(rollout_batch_size=6, num_minibatches=4), "minibatches"),
-                       (dict(target_kl=0), "target_kl"), (dict(mixed_precision="fp16"), "mixed_precision")):
+                       (dict(target_kl=0), "target_kl"), (dict(mixed_precision="fp8"), "mixed_precision"),
+                       (dict(missing_eos_penalty=-1.0), "missing_eos_penalty")):
         with pytest.raises(ValueError, match=match):
             PPOOptimizer(**bad)
 

@@ -8,8 +8,8 @@ Details of RLHF with PPO"). One iteration:
    order) and sample one response each from the current policy; responses stop at EOS or
    ``ctx.max_new_tokens``;
 2. score the decoded responses with ``ctx.reward`` (NaN = the judge could not score: the episode
-   is left out of the loss and counted); optionally normalise and clip the scores; replace the
-   score of responses that never produced EOS by ``missing_eos_penalty``;
+   is left out of the loss and counted); optionally normalise and clip the scores; subtract
+   ``missing_eos_penalty`` from the score of responses that never produced EOS (TRL's meaning);
 3. per-token rewards ``-kl_coef * (logp - logp_ref)`` with the score added at the last token;
    GAE advantages (whitened) and value targets;
 4. ``ppo_epochs`` passes over shuffled minibatches with the clipped surrogate and the clipped
@@ -55,7 +55,8 @@ REWARD_NORMS = ("none", "running")
 METRICS = ("train/reward", "train/reward_normalized", "train/score_with_penalty", "train/kl", "train/non_score_reward",
            "train/entropy", "train/policy_clipfrac", "train/value_clipfrac", "train/policy_loss", "train/value_loss",
            "train/loss", "train/approx_kl", "train/explained_variance", "train/kl_coef", "train/no_eos_rate",
-           "train/unscorable", "train/response_length", "train/episodes", "train/lr", "train/iteration")
+           "train/unscorable", "train/response_length", "train/episodes", "train/lr", "train/iteration",
+           "train/advantage_mean", "train/advantage_std")
 
 
 class PPOOptimizer:
@@ -112,6 +113,9 @@ class PPOOptimizer:
         need(self.reward_clip is None or self.reward_clip > 0, f"reward_clip must be null or > 0, got {self.reward_clip}")
         need(self.value_learning_rate is None or self.value_learning_rate > 0, "value_learning_rate must be null or > 0")
         need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be null or > 0")
+        need(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0,
+             f"missing_eos_penalty is subtracted from the score of responses without EOS (as in TRL), so it must "
+             f"be null or >= 0, got {self.missing_eos_penalty}: write e.g. 1.0 for a penalty of one score unit")
         if self.mini_batch_size is None:
             need(self.rollout_batch_size % self.num_minibatches == 0,
                  f"rollout_batch_size ({self.rollout_batch_size}) must split into num_minibatches="
@@ -153,6 +157,16 @@ class ActorCritic(nn.Module):
         with torch.autocast(device_type=hidden.device.type, enabled=False):  # the head stays float32
             values = self.value_head(hidden.float()).squeeze(-1)
         return logits, values
+
+
+def value_head(hidden: int) -> nn.Linear:
+    """A float32 linear value head initialised to zero (Huang et al. 2024): V is 0 for every state at
+    the start, so the first advantages are the rewards' own signal, not the noise of a random head."""
+    head = nn.Linear(hidden, 1, dtype=torch.float32)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+    return head
 
 
 def _lm_forward(model, input_ids, attention_mask, position_ids, keep: int, hidden: bool = False):
@@ -303,13 +317,7 @@ class _PPORun:
                 value_lm = get_peft_model(value_lm, lora_config(opt.lora)).get_base_model()
             trunk = getattr(value_lm, value_lm.base_model_prefix)  # the LM without its head
             del value_lm
-        hidden = _hidden_size(policy.config)
-        head = nn.Linear(hidden, 1, dtype=torch.float32)
-        g = torch.Generator().manual_seed(_mix(ctx.seed, 7))
-        with torch.no_grad():  # small init: V starts near 0 (Huang et al.: std 1/sqrt(d+1))
-            head.weight.normal_(0.0, 1.0 / math.sqrt(hidden + 1), generator=g)
-            head.bias.zero_()
-        model = ActorCritic(policy, head, trunk)
+        model = ActorCritic(policy, value_head(_hidden_size(policy.config)), trunk)
 
         self.pad_id, self.eos_id = self.tok.pad_token_id, self.tok.eos_token_id
         # A fresh generation config: the model's own defaults (top_k, repetition penalty) would make
@@ -507,8 +515,9 @@ class _PPORun:
         """Judge scores -> (raw, normalised, final score, loss-valid) per episode.
 
         NaN (unscorable) episodes get a placeholder 0 score and ``valid=False``: they never become
-        labels. Infinite scores are not "unscorable" — they flow on and stop training with a clear
-        non-finite loss error, since they mean the judge or reward is broken.
+        labels, with or without the missing-EOS penalty (it adjusts a score, it is not one). Infinite
+        scores are not "unscorable" — they flow on and stop training with a clear non-finite loss
+        error, since they mean the judge or reward is broken.
         """
         raw_list = self.ctx.reward(prompts, ro.texts)
         if len(raw_list) != len(prompts):
@@ -525,9 +534,8 @@ class _PPORun:
             normed = normed.clamp(-self.opt.reward_clip, self.opt.reward_clip)
         score = torch.where(scorable, normed, torch.zeros_like(normed))
         valid = scorable.clone()
-        if self.opt.missing_eos_penalty is not None:  # the penalty does not need the judge
-            score = torch.where(ro.finished, score, torch.full_like(score, self.opt.missing_eos_penalty))
-            valid = valid | ~ro.finished
+        if self.opt.missing_eos_penalty is not None:  # as in TRL: subtracted, so truncation costs a fixed amount
+            score = torch.where(ro.finished, score, score - self.opt.missing_eos_penalty)
         return raw, normed, score.float(), valid
 
     # ------------------------------------------------------------------ update
@@ -643,6 +651,9 @@ class _PPORun:
             "explained_variance": ev,
             "no_eos_rate": float((~ro.finished).float().mean()),
             "response_length": float(ro.lengths.mean()),
+            # the advantages the update used (whitened: mean 0, std 1 over the scored tokens)
+            "advantage_mean": float(pm.masked_mean(advantages, loss_mask)) if ok.any() else nan,
+            "advantage_std": float(pm.masked_var(advantages, loss_mask).sqrt()) if ok.any() else nan,
             **stats,
         }
         row = {f"train/{k}": v for k, v in self._mean_all(local).items()}
