@@ -19,7 +19,6 @@ import socketserver
 import subprocess
 import sys
 import threading
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -125,19 +124,18 @@ def test_utf8_bom_crlf_and_unicode_line_separators_are_fine(tmp_path):
 # ---- huge files and absurd lines ----------------------------------------------------------------
 
 LOAD_AND_MEASURE = """
-import json, resource, sys, time
+import json, resource, sys
 from rlaif.data import load_prompts_with_stats
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t = time.perf_counter()
 prompts, stats = load_prompts_with_stats(sys.argv[1], num_train=96, num_eval=32, split_seed=3)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": time.perf_counter() - t, "grew_mib": (after - before) / 1024, "stats": stats,
+print(json.dumps({"grew_mib": (after - before) / 1024, "stats": stats,
                   "prompts": [[p.id, p.split, len(p.text)] for p in prompts]}))
 """
 
 
 def test_huge_file_streams_with_bounded_memory(tmp_path):
-    """200k prompts, ~100 MB: loads in seconds and the process grows by a fraction of the file."""
+    """200k prompts, ~100 MB: the process grows by a fraction of the file (its speed is the benchmark's)."""
     path = tmp_path / "huge.jsonl"
     pad = "lorem ipsum dolor sit amet " * 17
     with open(path, "w", encoding="utf-8") as f:
@@ -153,7 +151,6 @@ def test_huge_file_streams_with_bounded_memory(tmp_path):
     assert len({pid for pid, _, _ in out["prompts"]}) == 128
     # reading it whole would need >= 2x the file (bytes + str); streaming keeps ~40 bytes per line
     assert out["grew_mib"] < size_mib / 3, out["grew_mib"]
-    assert out["seconds"] < 30  # ~1.5 s on an idle 2-core machine
 
 
 def test_huge_file_split_matches_reading_everything(tmp_path):
@@ -468,10 +465,8 @@ class RawServer:
 def test_server_that_hangs_up_or_speaks_garbage_is_a_counted_failure(reply):
     with RawServer(reply) as s:
         b = backend(s.url, max_retries=1)
-        t = time.perf_counter()
         assert b.generate([CHAT]) == [None]
         assert b.next_token_logprobs([CHAT], ["1", "2"]) == [[None, None]]
-        assert time.perf_counter() - t < 10
     assert s.hits == 4  # each request retried once: transport errors may be transient
     acc = b.accounting()
     assert acc["failures"] == 2 and acc["retries"] == 2

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -244,15 +243,12 @@ def _rlaif_command() -> list[str]:
 
 def test_cli_bad_group_exits_with_listing_from_any_directory(tmp_path):
     env = {**os.environ, "RLAIF_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    t = time.perf_counter()
     res = subprocess.run(_rlaif_command() + ["judge=nope"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=60)
-    elapsed = time.perf_counter() - t
     assert res.returncode != 0
     assert "Unknown judge 'nope'" in res.stderr
     for choice in ("contrastive", "pairwise", "rule"):
         assert choice in res.stderr
-    assert elapsed < 20
     # nothing was resolved, converted or written: no model folder, no run folder
     assert not (tmp_path / "cache").exists()
     assert not (tmp_path / "outputs").exists()

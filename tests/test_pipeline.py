@@ -4,6 +4,7 @@ a frozen judge, and a warm cache that skips every finished stage."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from conftest import compose_config
 from safetensors.torch import load_file
 
+import rlaif
+from rlaif.manifest import git_state
 from rlaif.pipeline import run
 
 SUMMARY_KEYS = ["eval/gold_reward_reference", "eval/gold_reward_policy", "eval/win_rate", "eval/kl",
@@ -24,6 +27,24 @@ def wandb_inspect(run_dir: Path, summary_only: bool = True) -> dict:
     cmd = ["wandb", "leet", "inspect", "--json"] + (["--summary"] if summary_only else []) + [str(runs[0])]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out) if summary_only else [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _checkout_state(source: Path) -> dict:
+    """What git itself says about the checkout holding ``source`` (None, None outside one)."""
+    head = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    status = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, check=True).stdout
+    return {"commit": head.stdout.strip(), "dirty": status != ""}
+
+
+SOURCE = Path(rlaif.__file__).resolve().parent
+
+
+@pytest.fixture
+def git_before() -> dict:
+    return _checkout_state(SOURCE)
 
 
 @pytest.fixture
@@ -62,7 +83,7 @@ def test_run_writes_every_stage_and_summary(first_run, tiny_model):
     assert any(not original[k].equal(trained[k]) for k in original if k in trained)
 
 
-def test_wandb_offline_run_holds_config_metrics_and_tables(first_run):
+def test_wandb_offline_run_holds_config_metrics_and_tables(git_before, first_run, tiny_model):
     _, out, summary = first_run
     info = wandb_inspect(out)
     s = info["summary"]
@@ -70,13 +91,44 @@ def test_wandb_offline_run_holds_config_metrics_and_tables(first_run):
         assert key in s, key
     assert s["eval/kl"] == pytest.approx(summary["eval/kl"])
     assert s["eval/samples"]["_type"] == "table-file" and s["generate/samples"]["nrows"] > 0
-    assert info["config"]["policy"]["model"].endswith("tiny-llama0") or "tiny-llama" in json.dumps(info["config"])
+    assert info["config"]["policy"]["model"] == tiny_model
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["packages"]["torch"] and manifest["packages"]["trl"]
-    assert manifest["models"]["policy"].startswith("local:") and manifest["models"]["judge"] == manifest["models"]["policy"]
+    import torch
+    import transformers
+    import trl
+
+    assert (manifest["packages"]["torch"], manifest["packages"]["trl"], manifest["packages"]["transformers"]) == \
+        (torch.__version__, trl.__version__, transformers.__version__)
+    identity = manifest["models"]["policy"]
+    assert identity.startswith(f"local:{Path(tiny_model).resolve()}:") and len(identity.rsplit(":", 1)[1]) == 16
+    assert manifest["models"]["judge"] == identity  # the same folder
     assert manifest["criterion"]["contrastive"]["positive"]  # the judge's prompts
-    assert manifest["hardware"]["cpu_count"] >= 1 and isinstance(manifest["git"]["dirty"], (bool, type(None)))
+    assert manifest["hardware"]["cpu_count"] == os.cpu_count()
+    # what git says just before or just after the run (the checkout may change meanwhile)
+    assert manifest["git"] in (git_before, _checkout_state(SOURCE))
     assert info["config"]["manifest"]["packages"]["transformers"] == manifest["packages"]["transformers"]
+
+
+def test_manifest_git_state_follows_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no checkout above tmp_path counts
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "a.py").write_text("x = 1\n")
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert git_state(repo / "pkg") == {"commit": None, "dirty": None}
+    git("init", "-q")
+    git("add", "pkg/a.py")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "HEAD")
+    assert git_state(repo / "pkg") == {"commit": head, "dirty": False}
+    (repo / "pkg" / "new.py").write_text("y = 2\n")  # untracked files leave the checkout clean
+    assert git_state(repo / "pkg") == {"commit": head, "dirty": False}
+    (repo / "pkg" / "a.py").write_text("x = 2\n")
+    assert git_state(repo / "pkg") == {"commit": head, "dirty": True}
 
 
 def test_second_run_reuses_every_stage(first_run, tmp_path):

@@ -144,9 +144,20 @@ def test_replay_fails_before_loading_anything(setup, tmp_path):
     shutil.copytree(setup.ref, partial, symlinks=True)
     (partial / "judgments.jsonl").unlink()
     nowhere = f"policy.model={tmp_path / 'no-such-model'}"
-    with pytest.raises(ReplayError, match=r"'judge' stage never finished(.|\n)*rerun|'judge' stage never finished"):
+    with pytest.raises(ReplayError) as err:
         run(compose_config(setup.overrides_for(tmp_path / "c1") + [f"replay={partial}", nowhere]),
             output_dir=tmp_path / "r1")
+    # names the missing file and stage, and how to create it: finish (rerun) the recorded run
+    assert (f"the recorded run has no judgments.jsonl: its 'judge' stage never finished, so there is nothing to "
+            f"replay. Create it by finishing that run:\n    the run that wrote {partial} (its config is "
+            f"{partial / 'resolved_config.yaml'})\nthen replay again.") in str(err.value)
+    (partial / ".hydra").mkdir()  # launched from the CLI: the message gives that command to rerun
+    (partial / ".hydra" / "overrides.yaml").write_text("- optimizer.beta=0.5\n- name=my run\n")
+    with pytest.raises(ReplayError) as err:
+        run(compose_config(setup.overrides_for(tmp_path / "c1") + [f"replay={partial}", nowhere]),
+            output_dir=tmp_path / "r1")
+    assert "Create it by finishing that run:\n    rlaif optimizer.beta=0.5 'name=my run'\nthen replay again." \
+        in str(err.value)
     with pytest.raises(ReplayError, match="judge.dtype"):
         run(compose_config(setup.overrides_for(tmp_path / "c2") + [f"replay={setup.ref}", nowhere,
                                                                    "judge.dtype=bfloat16"]), output_dir=tmp_path / "r2")
