@@ -213,6 +213,9 @@ def validate(cfg: DictConfig) -> None:
     c.need("generator.top_k", "int", low=0)
     c.need("generator.batch_size", "int", low=1)
     c.need("generator.dtype", "str", choices=("auto", "float32", "bfloat16", "float16"))
+    for api in ("generator", "judge.api"):  # API settings (absent for local generators and judges)
+        c.need(f"{api}.max_failed_share", "number", low=0, high=1, optional=True)
+        c.need(f"{api}.max_retry_after_s", "number", low=0, optional=True)
     # judge + criteria
     kind = c.get("judge.kind")
     c.need("judge.kind", "str", choices=tuple(REQUIRED_WORDING))

@@ -463,7 +463,8 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
 
             candidates = r.records_stage("generate", gen_inputs, _generate, {"candidates": Candidate})["candidates"]
             # this attempt's spend plus that of the batches earlier attempts had finished
-            gen_acct = add_spent(generator.accounting(), gen_journals) if hasattr(generator, "accounting") else {}
+            gen_acct = (add_spent(generator.accounting(), gen_journals + _answer_logs(generator))
+                        if hasattr(generator, "accounting") else {})
     if failures:
         log.warning("generate: %d requests failed after retries; those candidates are missing", failures)
     gen_metrics = {**{f"generate/api_{k}": v for k, v in gen_acct.items()},
@@ -561,7 +562,8 @@ def _stages(r: Run, cfg, seed, train_prompts, eval_prompts, policy, judge, judge
                 r.tracker.image("judge/diagnostics", png)
     backend = getattr(judge, "backend", None)
     if backend is not None and hasattr(backend, "accounting"):  # with what earlier attempts' batches cost
-        metrics.update({f"judge/api_{k}": v for k, v in add_spent(backend.accounting(), judge_journals).items()})
+        metrics.update({f"judge/api_{k}": v
+                        for k, v in add_spent(backend.accounting(), judge_journals + _answer_logs(judge)).items()})
     r.tracker.log(metrics)
     failures = check_gate(OmegaConf.to_container(cfg.diagnostics.gate, resolve=True), metrics)
     if failures:
@@ -610,6 +612,14 @@ def _replayed(r: Run, stage: str, recorded: Recorded, records: dict[str, list]) 
     return records
 
 
+def _answer_logs(obj) -> list:
+    """The answer logs an API generator's or judge's clients replayed from (their spend counts too)."""
+    from rlaif.judges.base import api_clients
+
+    clients = [obj.client] if hasattr(getattr(obj, "client", None), "answer_logs") else api_clients(obj)
+    return [log for c in clients for log in c.answer_logs]
+
+
 def _sample_resumable(generator, pool, prompts: list[Prompt], seed: int, journal: Journal,
                       chunk: int) -> tuple[list[Candidate], int]:
     """All candidates for ``prompts``, journaled; returns (candidates, failed requests).
@@ -617,7 +627,9 @@ def _sample_resumable(generator, pool, prompts: list[Prompt], seed: int, journal
     A generator whose ``sample`` takes a journal (HFGenerator) journals its own seeded batches;
     any other is called on groups of ``chunk`` prompts, which is the same as one call because its
     samples do not depend on which prompts share a call (the API generator seeds each request
-    from (seed, candidate index)).
+    from (seed, candidate index)). An API batch in which a request failed is not journaled; its
+    answered requests are, one by one, so a rerun sends only the failed ones. More failures than
+    ``generator.max_failed_share`` stop the run once every batch was tried.
     """
     if "journal" in inspect.signature(generator.sample).parameters:
         cands = generator.sample(pool, prompts, seed=seed, desc="generate candidates", journal=journal)
@@ -625,17 +637,41 @@ def _sample_resumable(generator, pool, prompts: list[Prompt], seed: int, journal
     out: list[Candidate] = []
     failures = 0
     accounting = getattr(generator, "accounting", None)  # API generators count their spend per batch
-    for n, start in enumerate(range(0, len(prompts), chunk)):
-        ps = prompts[start : start + chunk]
-        items = [p.id for p in ps]
-        done = journal.lookup(n, items)
-        if done is None:
-            before = accounting() if accounting is not None else None
-            cs = generator.sample(pool, ps, seed=seed, desc=f"generate candidates ({start + len(ps)}/{len(prompts)})")
-            failures += int(getattr(generator, "failures", 0) or 0)
-            done = [c.to_dict() for c in cs]
-            journal.append(n, items, done, spent=spent_since(accounting, before))
-        out += [Candidate.from_dict(row) for row in done]
+    client = getattr(generator, "client", None)
+    answers = None
+    if hasattr(client, "record_answers"):
+        from rlaif.backends.api import AnswerLog
+        from rlaif.judges.base import answers_journal_path
+
+        answers = AnswerLog(Journal(answers_journal_path(journal)))
+        client.record_answers(answers)
+        start = (client.requests, client.failures)
+    try:
+        for n, first in enumerate(range(0, len(prompts), chunk)):
+            ps = prompts[first : first + chunk]
+            items = [p.id for p in ps]
+            done = journal.lookup(n, items)
+            if done is None:
+                before = accounting() if accounting is not None else None
+                replayed = dict(answers.journal.reused_spent) if answers is not None else {}
+                cs = generator.sample(pool, ps, seed=seed, desc=f"generate candidates ({first + len(ps)}/{len(prompts)})")
+                failed = int(getattr(generator, "failures", 0) or 0)
+                failures += failed
+                done = [c.to_dict() for c in cs]
+                if not failed:  # a batch with missing candidates is never recorded as finished
+                    spent = spent_since(accounting, before)
+                    if spent is not None and answers is not None:  # answers of earlier attempts it reused
+                        for k, v in answers.journal.reused_spent.items():
+                            if k in spent:
+                                spent[k] += v - replayed.get(k, 0)
+                    journal.append(n, items, done, spent=spent)
+            out += [Candidate.from_dict(row) for row in done]
+    finally:
+        if answers is not None:
+            client.record_answers(None)
+    if answers is not None:
+        client.check_failures(client.failures - start[1], client.requests - start[0], "generation requests",
+                              "generator.max_failed_share")
     return out, failures + int(journal.reused_spent.get("failures", 0))
 
 

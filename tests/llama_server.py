@@ -4,6 +4,9 @@ Use with ``from llama_server import llama_server  # noqa: F401`` in a test modul
 yields the base URL (``http://127.0.0.1:<port>/v1``); the model id is ``MODEL_ID``. Tests that
 use it are skipped, with the install command as the reason, when llama-cpp-python's server
 extra is not installed (``pip install -r tests/requirements-server.txt``).
+
+``LlamaServer`` starts one itself: with an API key it requires (``--api_key``), or to stop it and
+start it again on the same port (a server that dies in the middle of a run).
 """
 
 from __future__ import annotations
@@ -64,38 +67,65 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def llama_server(tmp_path_factory):
-    reason = server_missing()
-    if reason:
-        pytest.skip(reason)
-    gguf = embedded_gguf()
-    port = free_port()
-    logfile = tmp_path_factory.mktemp("llama-server") / "server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL_ID,
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--verbose", "False"]
-    with open(logfile, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
+class LlamaServer:
+    """llama-cpp-python's server in a subprocess on 127.0.0.1; ``stop()`` and ``start()`` keep the port."""
+
+    def __init__(self, log_dir: Path, api_key: str | None = None):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.api_key = api_key
+        self.logfile = Path(log_dir) / f"server-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> LlamaServer:
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--model_alias", MODEL_ID,
+               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2",
+               "--verbose", "False"]
+        if self.api_key:
+            cmd += ["--api_key", self.api_key]
+        with open(self.logfile, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}:\n{logfile.read_text()[-3000:]}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited with {self.proc.returncode}:\n"
+                                   f"{self.logfile.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                    break
+                if httpx.get(f"{self.base_url}/models", headers=headers, timeout=2).status_code == 200:
+                    return self
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"llama_cpp.server did not answer /v1/models within {STARTUP_TIMEOUT_S} s:\n"
-                                   f"{logfile.read_text()[-3000:]}")
+                                   f"{self.logfile.read_text()[-3000:]}")
             time.sleep(0.25)
-        yield base_url
-    finally:
-        proc.terminate()
+
+    def stop(self) -> None:
+        """Stop the server and wait until it is gone (its port then refuses connections)."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
         try:
-            proc.wait(timeout=10)
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def require_server() -> None:
+    reason = server_missing()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    require_server()
+    server = LlamaServer(tmp_path_factory.mktemp("llama-server")).start()
+    try:
+        yield server.base_url
+    finally:
+        server.stop()

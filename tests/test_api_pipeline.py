@@ -4,6 +4,7 @@ with an API key in the environment that must not reach any file the run writes."
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import compose_config
@@ -73,3 +74,145 @@ def test_pipeline_with_api_generator(tiny_overrides, tmp_path, llama_server):  #
     assert all(c["model"].startswith("api:") and c["num_tokens"] > 0 for c in cands)
     assert summary["generate/api_requests"] == 6 and summary["generate/api_failures"] == 0
     assert summary["eval/samples_per_policy"] == 3 * 2  # evaluation samples the local trained policy
+
+
+# ---- a server that dies in the middle of a run -----------------------------------------------------
+
+class Wire:
+    """Records every request body the API clients put on the wire and whether it was answered;
+    after the ``stop_after``-th answer it stops the real server (the next requests are refused)."""
+
+    def __init__(self, monkeypatch, server=None, stop_after: int | None = None):
+        from rlaif.backends.api import ChatClient
+
+        self.answered: list[str] = []
+        self.failed: list[str] = []
+        post = ChatClient._post_json
+
+        def watched(client, path, body):
+            key = json.dumps(body, sort_keys=True)
+            try:
+                data = post(client, path, body)
+            except Exception:
+                self.failed.append(key)
+                raise
+            self.answered.append(key)
+            if stop_after is not None and len(self.answered) == stop_after:
+                server.stop()
+            return data
+
+        monkeypatch.setattr(ChatClient, "_post_json", watched)
+
+    @property
+    def sent(self) -> list[str]:
+        return self.answered + self.failed
+
+
+def _records(out, *names):
+    return {n: [json.loads(x) for x in (out / f"{n}.jsonl").read_text().splitlines()] for n in names}
+
+
+@pytest.fixture
+def restartable_server(tmp_path):
+    from llama_server import LlamaServer, require_server
+
+    require_server()
+    server = LlamaServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_judge_server_that_dies_mid_run_stops_it_and_the_rerun_asks_only_what_failed(
+        tiny_overrides, tmp_path, monkeypatch, restartable_server):
+    from rlaif.backends.api import RequestsFailed
+
+    server = restartable_server
+    url = server.base_url.replace("http://", "http://rlaif:pw-in-url-7c1d@")  # credentials must not show
+    api = f'{{base_url: "{url}", api_key_env: null, max_concurrency: 1, max_retries: 1, backoff_s: 0.01}}'
+
+    def cfg(name):
+        return compose_config(tiny_overrides + [f"cache.dir={tmp_path / name}", "judge=pairwise",
+                                                f"judge.model={MODEL_ID}", f"judge.api={api}", "data.num_train=3",
+                                                "journal.chunk_prompts=1", "diagnostics.probe_items=0",
+                                                "tracker=none"])
+
+    whole = run(cfg("cache-whole"), output_dir=tmp_path / "whole")  # the uninterrupted run
+    expected = _records(tmp_path / "whole", "judgments", "verdicts")
+
+    with monkeypatch.context() as mp:
+        wire = Wire(mp, server, stop_after=4)  # the server dies after 4 of the first prompt's 6 answers
+        with pytest.raises(RequestsFailed) as e:
+            run(cfg("cache-cut"), output_dir=tmp_path / "cut")
+    msg = str(e.value)
+    failed = len(set(wire.failed))
+    assert failed > 0 and " failed after up to 1 retries" in msg
+    assert re.search(rf"\b{failed} of {failed + 4} judge requests to {re.escape(server.base_url)} failed", msg), msg
+    assert "judge.api.max_failed_share=0" in msg and "pw-in-url" not in msg
+    assert not (tmp_path / "cut" / "policy").exists()  # nothing was trained on what was left
+
+    server.start()
+    with monkeypatch.context() as mp:
+        wire2 = Wire(mp)
+        again = run(cfg("cache-cut"), output_dir=tmp_path / "cut")
+    assert wire2.sent and not wire2.failed
+    assert set(wire2.sent) <= set(wire.failed)  # only requests that had failed are sent again ...
+    assert not set(wire2.sent) & set(wire.answered)  # ... never one that was answered
+    got = _records(tmp_path / "cut", "judgments", "verdicts")
+    assert got == expected
+    assert again["judge/api_requests"] == whole["judge/api_requests"]  # every attempt's spend, counted once
+    assert again["judge/api_failures"] == 0 and again["judge/invalid"] == whole["judge/invalid"]
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and b"pw-in-url-7c1d" in p.read_bytes()]
+    assert leaked == []
+
+
+def test_a_generation_server_that_dies_mid_run_and_comes_back(tiny_overrides, tmp_path, monkeypatch,
+                                                              restartable_server):
+    from rlaif.backends.api import RequestsFailed
+
+    server = restartable_server
+
+    def cfg(name, share=0.0):
+        return compose_config(tiny_overrides + [
+            f"cache.dir={tmp_path / name}", "generator=api", f"generator.base_url={server.base_url}",
+            f"generator.model={MODEL_ID}", "generator.api_key_env=null", "generator.max_new_tokens=6",
+            "generator.num_candidates=2", "generator.max_concurrency=1", "generator.max_retries=1",
+            "generator.backoff_s=0.01", f"generator.max_failed_share={share}", "data.num_train=3",
+            "journal.chunk_prompts=1", "tracker=none", "diagnostics.probe_items=0"])
+
+    run(cfg("cache-whole"), output_dir=tmp_path / "whole")
+    expected = _records(tmp_path / "whole", "candidates")["candidates"]
+
+    with monkeypatch.context() as mp:
+        wire = Wire(mp, server, stop_after=3)  # dies inside the second prompt's pair of samples
+        with pytest.raises(RequestsFailed, match=rf"3 of 6 generation requests to {re.escape(server.base_url)}"):
+            run(cfg("cache-cut"), output_dir=tmp_path / "cut")
+    assert len(set(wire.failed)) == 3
+
+    server.start()
+    with monkeypatch.context() as mp:
+        wire2 = Wire(mp)
+        run(cfg("cache-cut"), output_dir=tmp_path / "cut")
+    assert sorted(wire2.sent) == sorted(set(wire.failed))  # exactly the failed requests, each once
+    assert _records(tmp_path / "cut", "candidates")["candidates"] == expected
+
+
+def test_a_dead_generation_server_stops_the_run_and_a_bad_share_is_refused(tiny_overrides, tmp_path):
+    from llama_server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    overrides = tiny_overrides + ["generator=api", f"generator.base_url={dead}", "generator.model=m",
+                                  "generator.api_key_env=null", "generator.max_retries=0", "data.num_train=3",
+                                  "tracker=none", "diagnostics.probe_items=0"]
+    from rlaif.backends.api import RequestsFailed
+
+    with pytest.raises(RequestsFailed, match=r"9 of 9 generation requests to http://127\.0\.0\.1:\d+/v1 failed"):
+        run(compose_config(overrides), output_dir=tmp_path / "dead")
+    from rlaif.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"generator\.max_failed_share: 2 must be <= 1"):
+        run(compose_config(overrides + ["generator.max_failed_share=2"]), output_dir=tmp_path / "bad")
+    api = '{base_url: "http://127.0.0.1:9/v1", max_failed_share: half}'
+    with pytest.raises(ConfigError, match=r"judge\.api\.max_failed_share: expected a number, got 'half'"):
+        run(compose_config(overrides + ["judge=pairwise", f"judge.api={api}"]), output_dir=tmp_path / "bad")

@@ -3,8 +3,14 @@ Ollama, hosted APIs).
 
 ``ChatClient`` is the HTTP part shared with ``rlaif.generators.api``: bounded concurrency (results
 in input order), retries with exponential backoff and jitter on timeouts, connection errors, 429
-and 5xx (a ``Retry-After`` header is honoured), an optional client-side rate limit, and token/cost
-accounting from each response's ``usage``.
+and 5xx (a ``Retry-After`` header, in seconds or as an HTTP date, is honoured up to
+``max_retry_after_s``), an optional client-side rate limit, and token/cost accounting from each
+response's ``usage``. Every wait before a retry is recorded in ``retry_waits``.
+
+A pipeline stage gives the client an ``AnswerLog`` (``record_answers``): each usable answer is
+journaled by its request, so a rerun after failed requests sends only those again and gets the
+other answers back exactly. ``check_failures`` stops a stage whose share of failed requests is above
+``max_failed_share``.
 
 What it must not do:
 
@@ -12,7 +18,10 @@ What it must not do:
   the expected fields, is counted as a failure and returned as ``None`` -- never a label, a
   default probability or an empty string;
 * leak the API key: it is read from the environment variable named by ``api_key_env`` at request
-  time and appears in no exception, log record, ``repr``, ``identity`` or accounting.
+  time and appears in no exception, log record, ``repr``, ``identity`` or accounting;
+* leak credentials written into ``base_url`` (``http://user:password@host/v1``): they are taken out
+  of the URL when the client is built and sent as HTTP basic auth (when no API key is set), so the
+  URL that is requested, logged, shown and used in identities has none.
 
 ``base_url`` includes the API version prefix, as in the ``openai`` client:
 ``http://127.0.0.1:8080/v1`` -> requests go to ``http://127.0.0.1:8080/v1/chat/completions``.
@@ -21,6 +30,7 @@ What it must not do:
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import logging
 import math
@@ -32,7 +42,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
@@ -40,7 +50,7 @@ from rlaif.backends import BackendUnsupported
 
 log = logging.getLogger(__name__)
 
-MAX_RETRY_AFTER_S = 60.0  # a server asking for a longer pause than this gets this (then retries)
+MAX_RETRY_AFTER_S = 60.0  # default cap: a server asking for a longer pause gets this (then a retry)
 
 
 class Failure(Exception):
@@ -49,6 +59,10 @@ class Failure(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+
+
+class RequestsFailed(RuntimeError):
+    """Too many requests of a stage failed; the answers that came back are kept for the rerun."""
 
 
 def public_url(url: str) -> str:
@@ -69,14 +83,57 @@ class _RateLimiter:
         self.interval = 60.0 / requests_per_minute
         self._lock = threading.Lock()
         self._next = 0.0
+        self.starts: deque[float] = deque(maxlen=1000)  # the monotonic start slots given out, newest last
 
     def wait(self) -> None:
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next)
             self._next = slot + self.interval
+            self.starts.append(slot)
         if slot > now:
             time.sleep(slot - now)
+
+
+def _share(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"max_failed_share must be a number in [0, 1] (the share of a stage's requests that may "
+                         f"fail before the run stops; 0 = none), got {value!r}")
+    return float(value)
+
+
+class AnswerLog:
+    """Usable answers of one stage's requests, journaled by request (a hash of its JSON body).
+
+    ``journal`` is a ``rlaif.journal.Journal``; each answer is one line, written when it arrives,
+    so answers survive a kill or a failed batch and a rerun sends only the requests that got none.
+    """
+
+    def __init__(self, journal):
+        self.journal = journal
+        self._lock = threading.Lock()
+        self.replayed = 0  # answers served from the log in this process
+
+    @property
+    def reused_spent(self) -> dict[str, float]:
+        """What the answers served from the log had cost when they were asked (``add_spent`` adds it)."""
+        return self.journal.reused_spent
+
+    @staticmethod
+    def key(url: str, body: dict) -> str:
+        return hashlib.sha256(json.dumps([url, body], sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> dict | None:
+        with self._lock:
+            rows = self.journal.lookup(key, [key])
+            if rows is None:
+                return None
+            self.replayed += 1
+            return rows[0]
+
+    def put(self, key: str, data: dict, spent: dict[str, float]) -> None:
+        with self._lock:
+            self.journal.append(key, [key], [data], spent=spent)
 
 
 class ChatClient:
@@ -85,7 +142,8 @@ class ChatClient:
     def __init__(self, base_url: str, api_key_env: str | None = "OPENAI_API_KEY", max_concurrency: int = 4,
                  timeout_s: float = 60, max_retries: int = 4, backoff_s: float = 1.0,
                  price_per_1k_prompt: float = 0.0, price_per_1k_completion: float = 0.0,
-                 requests_per_minute: float | None = None):
+                 requests_per_minute: float | None = None, max_retry_after_s: float = MAX_RETRY_AFTER_S,
+                 max_failed_share: float = 0.0):
         if not str(base_url).startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {public_url(str(base_url))!r}")
         if int(max_concurrency) < 1:
@@ -94,7 +152,17 @@ class ChatClient:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if not float(timeout_s) > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.base_url = str(base_url).rstrip("/")
+        if not float(max_retry_after_s) >= 0:
+            raise ValueError(f"max_retry_after_s must be >= 0 (seconds), got {max_retry_after_s}")
+        parts = urlsplit(str(base_url))
+        # user:password in the URL: kept apart (basic auth), so no URL this client holds carries them
+        self._userinfo = ((unquote(parts.username or ""), unquote(parts.password or ""))
+                          if parts.username or parts.password else None)
+        self.base_url = public_url(str(base_url))
+        self.max_retry_after_s = float(max_retry_after_s)
+        self.max_failed_share = _share(max_failed_share)
+        self.answers: AnswerLog | None = None
+        self.answer_logs: list[AnswerLog] = []  # every log this client served answers from (for the spend report)
         self.api_key_env = api_key_env or None
         self.max_concurrency = int(max_concurrency)
         self.timeout_s = float(timeout_s)
@@ -117,7 +185,8 @@ class ChatClient:
     def __getstate__(self) -> dict:  # picklable/copyable: locks and the connection pool are rebuilt
         state = self.__dict__.copy()
         state["_lock"] = state["_client"] = None
-        state["_limiter"] = None
+        state["_limiter"] = state["answers"] = None  # a copy journals nothing (its stage set the original's log)
+        state["answer_logs"] = []
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -143,10 +212,23 @@ class ChatClient:
         return (os.environ.get(self.api_key_env) or None) if self.api_key_env else None
 
     def _scrub(self, text: str) -> str:
-        """Text safe to log or raise: the current key value (if any) replaced by ***."""
-        key = self._key()
+        """Text safe to log or raise: the current key and the URL's credentials (if any) replaced by ***."""
         text = str(text)
-        return text.replace(key, "***") if key else text
+        secrets = [self._key(), *(self._userinfo or ())]
+        for s in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+            text = text.replace(s, "***")
+        return text
+
+    def _auth(self, key: str | None) -> httpx.Auth | None:
+        if key or self._userinfo is None:  # a bearer key is the header; else no auth at all
+            return None
+        return httpx.BasicAuth(*self._userinfo)
+
+    def record_answers(self, log: AnswerLog | None) -> None:
+        """Journal usable answers to ``log`` and serve requests already in it from there (None: stop)."""
+        self.answers = log
+        if log is not None and all(log is not x for x in self.answer_logs):
+            self.answer_logs.append(log)
 
     def reset_accounting(self) -> None:
         with self._lock:
@@ -157,6 +239,8 @@ class ChatClient:
             self.completion_tokens = 0
             self.failure_reasons: Counter[str] = Counter()
             self.recent_errors: deque[str] = deque(maxlen=20)  # scrubbed messages, newest last
+            # (reason, seconds) of every wait before a retry, newest last: what the backoff really did
+            self.retry_waits: deque[tuple[str, float]] = deque(maxlen=1000)
 
     def accounting(self) -> dict[str, float]:
         with self._lock:
@@ -170,7 +254,7 @@ class ChatClient:
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return min(retry_after, MAX_RETRY_AFTER_S)
+            return min(retry_after, self.max_retry_after_s)
         return self.backoff_s * (2 ** attempt) * random.uniform(0.5, 1.5)
 
     @staticmethod
@@ -205,7 +289,7 @@ class ChatClient:
                 headers["Authorization"] = f"Bearer {key}"
             retry_after = None
             try:
-                resp = http.post(url, json=body, headers=headers)
+                resp = http.post(url, json=body, headers=headers, auth=self._auth(key))
             except httpx.TimeoutException as e:
                 last = Failure("timeout", f"no answer within {self.timeout_s:g} s ({type(e).__name__})")
             except httpx.TransportError as e:  # connection refused/reset, protocol errors
@@ -226,7 +310,10 @@ class ChatClient:
                         raise Failure("invalid json", f"expected an object, got {type(data).__name__}")
                     return data
             if attempt < self.max_retries:
-                time.sleep(self._delay(attempt, retry_after))
+                wait = self._delay(attempt, retry_after)
+                with self._lock:
+                    self.retry_waits.append((last.reason, wait))
+                time.sleep(wait)
         raise last
 
     def call(self, path: str, body: dict, parse: Callable[[dict], Any]) -> Any:
@@ -235,18 +322,29 @@ class ChatClient:
         ``parse`` raises (KeyError, IndexError, TypeError, ValueError) when the response lacks
         the expected fields; that is a failure too, never a default value.
         """
+        answers = self.answers
+        key = AnswerLog.key(f"{self.base_url}/{path.lstrip('/')}", body) if answers is not None else ""
+        if answers is not None and (data := answers.get(key)) is not None:
+            return parse(data)  # answered in an earlier attempt: not sent, not counted again
         with self._lock:
             self.requests += 1
         try:
             data = self._post_json(path, body)
             usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+            spent = {"requests": 1, "prompt_tokens": _int(usage.get("prompt_tokens")),
+                     "completion_tokens": _int(usage.get("completion_tokens"))}
             with self._lock:  # billed even if the body turns out to be unusable
-                self.prompt_tokens += _int(usage.get("prompt_tokens"))
-                self.completion_tokens += _int(usage.get("completion_tokens"))
+                self.prompt_tokens += spent["prompt_tokens"]
+                self.completion_tokens += spent["completion_tokens"]
             try:
-                return parse(data)
+                out = parse(data)
             except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
                 raise Failure("malformed response", f"{type(e).__name__}: {self._scrub(e)}") from None
+            if answers is not None:
+                spent["cost_usd"] = (spent["prompt_tokens"] * self.price_per_1k_prompt
+                                     + spent["completion_tokens"] * self.price_per_1k_completion) / 1000.0
+                answers.put(key, data, spent)
+            return out
         except Failure as f:
             with self._lock:
                 self.failures += 1
@@ -287,6 +385,22 @@ class ChatClient:
                         ", ".join(f"{r}: {n}" for r, n in reasons.most_common()),
                         self.recent_errors[-1] if self.recent_errors else "?")
         return out
+
+    def check_failures(self, failed: int, requests: int, what: str, setting: str) -> None:
+        """Raise ``RequestsFailed`` when ``failed`` of ``requests`` is more than ``max_failed_share``.
+
+        ``what`` names the stage's requests ("judge requests"), ``setting`` the config key of the
+        share (e.g. ``judge.api.max_failed_share``), so the message says what to change.
+        """
+        if failed <= 0 or failed <= self.max_failed_share * requests:
+            return
+        reasons = ", ".join(f"{r}: {n}" for r, n in self.failure_reasons.most_common())
+        last = self.recent_errors[-1] if self.recent_errors else "?"
+        raise RequestsFailed(
+            f"{failed} of {requests} {what} to {public_url(self.base_url)} failed after up to {self.max_retries} "
+            f"retries ({reasons}; last error: {last}), more than {setting}={self.max_failed_share:g} of them. "
+            "Nothing was trained on what is left. The answers that came back are kept: once the server answers "
+            "again, rerun the same command and only the failed requests are sent again.")
 
 
 def plain(obj: Any) -> Any:
@@ -350,7 +464,8 @@ class APIBackend:
     def __init__(self, model: str, base_url: str, api_key_env: str | None = "OPENAI_API_KEY",
                  max_concurrency: int = 4, timeout_s: float = 60, max_retries: int = 4, backoff_s: float = 1.0,
                  top_logprobs: int = 20, price_per_1k_prompt: float = 0.0, price_per_1k_completion: float = 0.0,
-                 requests_per_minute: float | None = None, extra_body: dict | None = None):
+                 requests_per_minute: float | None = None, extra_body: dict | None = None,
+                 max_retry_after_s: float = MAX_RETRY_AFTER_S, max_failed_share: float = 0.0):
         if not model:
             raise ValueError("APIBackend needs a model id (the server's name for the model)")
         if not 1 <= int(top_logprobs) <= 20:
@@ -359,7 +474,8 @@ class APIBackend:
         self.top_logprobs = int(top_logprobs)
         self.extra_body = plain(extra_body or {})
         self.client = ChatClient(base_url, api_key_env, max_concurrency, timeout_s, max_retries, backoff_s,
-                                 price_per_1k_prompt, price_per_1k_completion, requests_per_minute)
+                                 price_per_1k_prompt, price_per_1k_completion, requests_per_minute,
+                                 max_retry_after_s, max_failed_share)
 
     def __repr__(self) -> str:
         return (f"APIBackend(model={self.model_name!r}, base_url={public_url(self.client.base_url)!r}, "

@@ -6,14 +6,15 @@ honour seeds (hosted APIs treat it as best effort, so API runs are not bit-repro
 
 A request that fails after its retries yields no candidate -- never an empty-string stand-in;
 ``failures`` says how many were lost in the last ``sample`` call, and ``accounting()`` gives the
-running totals (requests, retries, tokens, cost).
+running totals (requests, retries, tokens, cost). The pipeline journals a batch only when none of
+its requests failed, and stops when more than ``max_failed_share`` of them did (``client.check_failures``).
 """
 
 from __future__ import annotations
 
 import logging
 
-from rlaif.backends.api import ChatClient, plain, public_url
+from rlaif.backends.api import MAX_RETRY_AFTER_S, ChatClient, plain, public_url
 from rlaif.types import Candidate, Prompt
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class APIGenerator:
                  max_concurrency: int = 4, timeout_s: float = 60, max_retries: int = 4, top_k: int = 0,
                  backoff_s: float = 1.0, requests_per_minute: float | None = None,
                  price_per_1k_prompt: float = 0.0, price_per_1k_completion: float = 0.0,
-                 extra_body: dict | None = None, **_unused):
+                 extra_body: dict | None = None, max_retry_after_s: float = MAX_RETRY_AFTER_S,
+                 max_failed_share: float = 0.0, **_unused):
         if not model:
             raise ValueError("APIGenerator needs a model id (the server's name for the model)")
         self.model_name = str(model)
@@ -47,7 +49,8 @@ class APIGenerator:
         self.top_k = int(top_k or 0)
         self.extra_body = plain(extra_body or {})
         self.client = ChatClient(base_url, api_key_env, max_concurrency, timeout_s, max_retries, backoff_s,
-                                 price_per_1k_prompt, price_per_1k_completion, requests_per_minute)
+                                 price_per_1k_prompt, price_per_1k_completion, requests_per_minute,
+                                 max_retry_after_s, max_failed_share)
         self.failures = 0  # failed requests (= missing candidates) in the last sample() call
 
     def __repr__(self) -> str:

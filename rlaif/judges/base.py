@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from pathlib import Path
 
 from rlaif.criteria import Criterion
 from rlaif.types import Candidate, Judgment, PairwiseVerdict, Prompt
@@ -215,15 +216,46 @@ def rank_by_pairs(judge: Judge, prompts: list[Prompt], candidates: list[Candidat
     return judgments, verdicts
 
 
+def api_clients(judge) -> list:
+    """The HTTP clients behind a judge (its own backend's, and its members' for a panel or a
+    multi-criterion judge): what ``rank_in_chunks`` watches for failed requests."""
+    out: list = []
+
+    def visit(j, depth: int = 0) -> None:
+        client = getattr(getattr(j, "backend", None), "client", None)
+        if hasattr(client, "check_failures") and all(client is not c for c in out):
+            out.append(client)
+        for group in ("members", "judges"):
+            subs = getattr(j, group, None)
+            if isinstance(subs, dict) and depth < 4:
+                for sub in subs.values():
+                    visit(sub, depth + 1)
+
+    visit(judge)
+    return out
+
+
+def answers_journal_path(journal) -> Path:
+    """Where the single answers of an API stage are journaled, beside the stage's batch journal."""
+    return journal.path.with_name(f"{journal.path.stem}_answers.jsonl")
+
+
 def rank_in_chunks(judge: Judge, prompts: list[Prompt], candidates: list[Candidate], chunk_prompts: int,
-                   journal=None) -> tuple[list[Judgment], list[PairwiseVerdict], dict[str, list[float | None]]]:
+                   journal=None, setting: str = "judge.api.max_failed_share"
+                   ) -> tuple[list[Judgment], list[PairwiseVerdict], dict[str, list[float | None]]]:
     """``judge.rank`` over groups of ``chunk_prompts`` prompts, each group journaled when finished.
 
     Returns the judgments and verdicts (in candidate / comparison order, as one ``rank`` call
     would give them) and, for a panel, each member's preference per verdict (``last_member_prefs``
     concatenated over the groups). Groups found in ``journal`` are read back, not judged again.
+
+    An API judge's group in which a request failed (no answer after the retries) is not journaled:
+    its answered requests are (one line each, beside ``journal``), so a rerun sends only the failed
+    ones and labels the group as an uninterrupted run would. When more than ``max_failed_share``
+    of the requests failed, ``RequestsFailed`` is raised once every group was tried (``setting``
+    names the config key in its message); otherwise the failed items are kept as invalid.
     """
-    from rlaif.journal import spent_since
+    from rlaif.journal import Journal, spent_since
     from rlaif.types import Judgment as J
     from rlaif.types import PairwiseVerdict as V
 
@@ -235,24 +267,46 @@ def rank_in_chunks(judge: Judge, prompts: list[Prompt], candidates: list[Candida
     verdicts: list[PairwiseVerdict] = []
     members: dict[str, list[float | None]] = {}
     accounting = getattr(getattr(judge, "backend", None), "accounting", None)  # API judges count their spend
-    for n, start in enumerate(range(0, len(prompts), chunk_prompts)):
-        ps = prompts[start : start + chunk_prompts]
-        cs = [c for p in ps for c in by_prompt.get(p.id, [])]
-        if not cs:
-            continue
-        items = [[c.prompt_id, c.index] for c in cs]
-        done = journal.lookup(n, items) if journal is not None else None
-        if done is not None:
-            rec = done[0]
-        else:
-            before = accounting() if accounting is not None else None
-            js, vs = judge.rank(ps, cs)
-            rec = {"judgments": [j.to_dict() for j in js], "verdicts": [v.to_dict() for v in vs],
-                   "members": dict(getattr(judge, "last_member_prefs", None) or {}) if vs else {}}
-            if journal is not None:
-                journal.append(n, items, [rec], spent=spent_since(accounting, before))
-        judgments += [J.from_dict(d) for d in rec["judgments"]]
-        verdicts += [V.from_dict(d) for d in rec["verdicts"]]
-        for name, prefs in rec["members"].items():
-            members.setdefault(name, []).extend(prefs)
+    clients = api_clients(judge)
+    answers = None
+    if journal is not None and clients:
+        from rlaif.backends.api import AnswerLog
+
+        answers = AnswerLog(Journal(answers_journal_path(journal)))
+    start_counts = [(c.requests, c.failures) for c in clients]
+    for c in clients:
+        c.record_answers(answers)
+    try:
+        for n, start in enumerate(range(0, len(prompts), chunk_prompts)):
+            ps = prompts[start : start + chunk_prompts]
+            cs = [c for p in ps for c in by_prompt.get(p.id, [])]
+            if not cs:
+                continue
+            items = [[c.prompt_id, c.index] for c in cs]
+            done = journal.lookup(n, items) if journal is not None else None
+            if done is not None:
+                rec = done[0]
+            else:
+                before = accounting() if accounting is not None else None
+                replayed = dict(answers.journal.reused_spent) if answers is not None else {}
+                failed_before = sum(c.failures for c in clients)
+                js, vs = judge.rank(ps, cs)
+                rec = {"judgments": [j.to_dict() for j in js], "verdicts": [v.to_dict() for v in vs],
+                       "members": dict(getattr(judge, "last_member_prefs", None) or {}) if vs else {}}
+                if journal is not None and sum(c.failures for c in clients) == failed_before:
+                    spent = spent_since(accounting, before)
+                    if spent is not None and answers is not None:  # answers of earlier attempts it reused
+                        for k, v in answers.journal.reused_spent.items():
+                            if k in spent:
+                                spent[k] += v - replayed.get(k, 0)
+                    journal.append(n, items, [rec], spent=spent)
+            judgments += [J.from_dict(d) for d in rec["judgments"]]
+            verdicts += [V.from_dict(d) for d in rec["verdicts"]]
+            for name, prefs in rec["members"].items():
+                members.setdefault(name, []).extend(prefs)
+    finally:
+        for c in clients:
+            c.record_answers(None)
+    for c, (requests, failures) in zip(clients, start_counts, strict=True):
+        c.check_failures(c.failures - failures, c.requests - requests, "judge requests", setting)
     return judgments, verdicts, members
