@@ -12,6 +12,7 @@ from rlaif.config import ConfigError, check_overrides, conf_dir
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from rlaif.backends.api import RequestsFailed
     from rlaif.data import PromptFileError
     from rlaif.diagnostics.gate import JudgeGateError
     from rlaif.models import ModelResolutionError
@@ -21,7 +22,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metric = check_metric(cfg)  # sweep.metric: what a sweeper (Optuna) optimises
         summary = run(cfg)
-    except (ConfigError, PromptFileError, ModelResolutionError, JudgeGateError) as e:
+    except (ConfigError, PromptFileError, ModelResolutionError, JudgeGateError, RequestsFailed) as e:
         # A user error: say what to fix, without a traceback.
         print(f"rlaif: {e}", file=sys.stderr)
         raise SystemExit(2) from None
