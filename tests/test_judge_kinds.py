@@ -80,6 +80,26 @@ def reward_model_dir(tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="module")
+def slot_a_model(tiny_model, tmp_path_factory) -> str:
+    """The tiny model with its embeddings set so that greedy decoding answers "A" and then EOS to
+    any chat: a generative judge that always picks the first slot, whatever the texts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    a, eos, big = tok.convert_tokens_to_ids("A"), tok.eos_token_id, 50.0
+    with torch.no_grad():  # two embedding dimensions large enough to dominate the residual stream
+        emb = model.get_input_embeddings().weight  # tied with the output layer
+        emb[:, 0], emb[:, 1] = big, 0.0
+        emb[a, 0], emb[a, 1] = 2 * big, big  # after any other token, "A" scores highest
+        emb[eos, 1] = 4 * big  # after "A", EOS does
+    out = tmp_path_factory.mktemp("slot-a-llama")
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return str(out)
+
+
 CANDIDATE_TEXTS = ["great", "boring and dull film", "a wonderful film to see"]
 
 
@@ -260,10 +280,24 @@ def test_generative_judges_both_orders_and_keeps_unparseable_as_invalid(sharp_mo
         valid = [v for v in verdicts if v.prompt_id == j.prompt_id and j.index in (v.a, v.b) and v.p_a is not None]
         assert j.valid == bool(valid)
         assert j.details["invalid_comparisons"] == 2 - len(valid)
-    assert judge.best_of(prompts, cands).keys() <= {"b"}
     prefs = judge.prefer(PROMPTS[:2], RESPONSES[:2], RESPONSES[1:3])
     assert [p is None for p in prefs] == [r["verdict_first"] is None or r["verdict_second"] is None
                                           for r in judge.last_raw]
+
+
+def test_generative_judge_that_always_picks_slot_a_ties_every_pair(slot_a_model, pool, criterion):
+    """Judged in both orders with the texts really swapped, a judge that only ever answers "A"
+    wins and loses each comparison once: every verdict is valid and every preference 0.5."""
+    judge = GenerativeJudge(criterion, pool, model=slot_a_model, dtype="float32", max_new_tokens=4)
+    prompts = PROMPTS[:2]
+    cands = _candidates(prompts)
+    judgments, verdicts = judge.rank(prompts, cands)
+    assert len(verdicts) == 6
+    assert all(d["raw_first"] == "A" and d["raw_second"] == "A" for d in judge.verdict_details)
+    assert [(v.p_a_first, v.p_a_second) for v in verdicts] == [(1.0, 0.0)] * 6
+    assert [(j.score, j.details["invalid_comparisons"]) for j in judgments] == [(0.5, 0)] * 6
+    assert judge.best_of(prompts, cands) == {"a": 0, "b": 0}  # every prompt; ties go to the first candidate
+    assert judge.prefer(PROMPTS[:2], RESPONSES[:2], RESPONSES[1:3]) == [0.5, 0.5]
 
 
 def test_generative_render(tiny_model, pool, criterion):
@@ -445,8 +479,13 @@ def test_panel_with_a_comparative_member_aggregates_each_order(sharp_model, pool
     assert vader == [1.0, 0.0]
     panel = PanelJudge(criterion, [pairwise, VaderJudge()], "mean")
     got = panel.compare(PROMPTS[:2], a, b)
-    assert got == pytest.approx([((f + v) / 2, (s + v) / 2) for (f, s), v in zip(own, vader, strict=True)], abs=1e-6)
-    assert panel.last_member_results[pairwise.name] == pytest.approx(own, abs=1e-6)
+    want = [((f + v) / 2, (s + v) / 2) for (f, s), v in zip(own, vader, strict=True)]
+    assert len(got) == len(want) == 2
+    for pair, expected in zip(got, want, strict=True):  # pytest.approx compares flat sequences only
+        assert pair == pytest.approx(expected, abs=1e-6)
+    assert len(panel.last_member_results[pairwise.name]) == len(own)
+    for pair, expected in zip(panel.last_member_results[pairwise.name], own, strict=True):
+        assert pair == pytest.approx(expected, abs=1e-6)
     assert panel.last_member_prefs[pairwise.name] == pytest.approx([(f + s) / 2 for f, s in own], abs=1e-6)
     weighted = PanelJudge(criterion, [pairwise, VaderJudge()], "majority", weights=[2, 1])
     votes = weighted.compare(PROMPTS[:2], a, b)  # the pairwise member outvotes VADER in each order
@@ -599,14 +638,14 @@ def test_multi_criterion_rank_puts_per_criterion_values_on_their_candidates(shar
 # ---- every configured judge, all four uses --------------------------------------------------------
 
 @pytest.mark.parametrize("option", group_options("judge"))
-def test_every_configured_judge_serves_all_four_uses(option, tiny_model, reward_model_dir):
+def test_every_configured_judge_serves_all_four_uses(option, tiny_model, reward_model_dir, slot_a_model):
     overrides = [f"judge={option}", f"policy.model={tiny_model}"]
     if not option.startswith("rule"):
         overrides.append("judge.dtype=float32")  # bfloat16 matmuls are slow on CPU
     if option == "reward_model":
         overrides.append(f"judge.model={reward_model_dir}")
-    if option in ("generative",):
-        overrides.append("judge.max_new_tokens=4")
+    if option in ("generative",):  # a random tiny model writes no parseable verdict; this one always says "A"
+        overrides += ["judge.max_new_tokens=4", f"judge.model={slot_a_model}"]
     cfg = compose_config(overrides)
     validate(cfg)
     pool = ModelPool()
@@ -616,24 +655,27 @@ def test_every_configured_judge_serves_all_four_uses(option, tiny_model, reward_
     if option.startswith("rule"):
         assert judge.identity == judge.name
     else:
-        model = reward_model_dir if option == "reward_model" else tiny_model
+        model = {"reward_model": reward_model_dir, "generative": slot_a_model}.get(option, tiny_model)
         assert judge.identity == pool.resolve(model).identity
     prompts = PROMPTS[:2]
     cands = _candidates(prompts, CANDIDATE_TEXTS[:2])  # one pair per prompt keeps generative judges quick
     judgments, verdicts = judge.rank(prompts, cands)  # labelling
     assert [(j.prompt_id, j.index) for j in judgments] == [(c.prompt_id, c.index) for c in cands]
     assert bool(verdicts) == (not judge.pointwise)
-    best = judge.best_of(prompts, cands)  # best-of-n
-    assert set(best) <= {"a", "b"} and all(0 <= i < 2 for i in best.values())
+    assert all(j.valid for j in judgments)
+    best = judge.best_of(prompts, cands)  # best-of-n: every prompt, its highest-scored candidate
+    assert best == {p.id: max((j for j in judgments if j.prompt_id == p.id), key=lambda j: (j.score, -j.index)).index
+                    for p in prompts}
     prefs = judge.prefer(prompts, RESPONSES[:2], RESPONSES[1:3])  # evaluation
-    assert len(prefs) == 2 and all(p is None or 0.0 <= p <= 1.0 for p in prefs)
+    assert len(prefs) == 2 and all(p is not None and 0.0 <= p <= 1.0 for p in prefs)
     chats = [[{"role": "user", "content": p.messages[-1]["content"]}] for p in prompts]  # TRL reward
     completions = [[{"role": "assistant", "content": r}] for r in RESPONSES[:2]]
     kwargs = {} if judge.pointwise else {"reference": RESPONSES[1:3]}
     rewards = judge(prompts=chats, completions=completions, completion_ids=None, **kwargs)
     assert isinstance(rewards, list) and len(rewards) == 2 and all(type(r) is float for r in rewards)
-    if option != "generative":  # a random tiny model writes no parseable verdicts: NaN there
-        assert all(math.isfinite(r) for r in rewards)
+    assert all(math.isfinite(r) for r in rewards)
+    if not judge.pointwise:  # P(completion better than the reference)
+        assert all(0.0 <= r <= 1.0 for r in rewards)
 
 
 def test_conf_dir_has_the_new_judges():
