@@ -15,9 +15,10 @@ from omegaconf import OmegaConf
 
 from rlaif.config import conf_dir
 from rlaif.optimizers.base import Budget, TrainContext
+from rlaif.optimizers.dpo import DPOOptimizer
 from rlaif.optimizers.online_dpo import OnlineDPOOptimizer
 from rlaif.optimizers.trl_online import GRPOOptimizer, RLOOOptimizer, budget_max_steps, completion_lengths
-from rlaif.types import Prompt
+from rlaif.types import PreferencePair, Prompt
 
 MAX_NEW = 8
 
@@ -186,6 +187,72 @@ def test_online_optimizers_need_a_reward(tiny_model, tmp_path):
     ctx = ctx_for(tiny_model, tmp_path, None)
     with pytest.raises(ValueError, match="pointwise reward"):
         OnlineDPOOptimizer(batch_size=2).train(ctx)
+
+
+# -- offline DPO: LoRA, IPO, cDPO, warmup ------------------------------------------------------------
+def dpo_pairs(n: int = 8) -> list[PreferencePair]:
+    def msg(role, text):
+        return [{"role": role, "content": text}]
+
+    return [PreferencePair(prompt=msg("user", f"Review {i}: the film"), chosen=msg("assistant", "wonderful and moving"),
+                           rejected=msg("assistant", "dull, boring, awful"), prompt_id=f"p{i}", chosen_index=0,
+                           rejected_index=1, chosen_score=1.0, rejected_score=0.0, margin=1.0, judge="j",
+                           criterion="c") for i in range(n)]
+
+
+def train_dpo_rows(tiny_model, folder: Path, **kw) -> list[dict]:
+    """A real DPO run on 8 pairs (batch 2: 4 optimizer steps); its logged rows, one per step."""
+    ctx = TrainContext(policy_path=tiny_model, output_dir=folder, seed=0, prompts=[], pairs=dpo_pairs())
+    settings = dict(learning_rate=1e-3, batch_size=2, epochs=1, max_length=64, mixed_precision="no", beta=0.1)
+    DPOOptimizer(**{**settings, **kw}).train(ctx)
+    return loss_rows(ctx)
+
+
+def test_dpo_with_lora_trains_low_rank_updates_and_saves_a_plain_model(tiny_model, tmp_path):
+    start = weights(tiny_model)
+    rows = train_dpo_rows(tiny_model, tmp_path / "lora", lora={"enabled": True, "r": 2, "alpha": 4,
+                                                                 "target_modules": "all-linear"})
+    assert len(rows) == 4 and all(math.isfinite(r["train/loss"]) for r in rows)
+    check_saved_policy(tmp_path / "lora", start)
+    after = weights(tmp_path / "lora")
+    changed = [k for k in start if start[k].dim() == 2 and not torch.equal(start[k], after[k])]
+    assert changed and all(k.endswith("proj.weight") for k in changed), changed  # the adapted linears only
+    for k in changed:  # merged adapters: W + B A, a change of rank <= r
+        assert torch.linalg.matrix_rank(after[k] - start[k], rtol=1e-4) <= 2, k
+
+
+def test_dpo_ipo_loss_reaches_trl(tiny_model, tmp_path):
+    # At step 1 the policy is the reference (log-ratio margin 0): IPO's loss is (0 - 1/(2 beta))^2,
+    # the sigmoid loss -log(1/2).
+    ipo = train_dpo_rows(tiny_model, tmp_path / "ipo", loss_type="ipo", beta=0.1)
+    assert ipo[0]["train/loss"] == pytest.approx((1 / (2 * 0.1)) ** 2, rel=1e-4)
+    assert all(math.isfinite(r["train/loss"]) for r in ipo) and ipo[-1]["train/loss"] < ipo[0]["train/loss"]
+    sigmoid = train_dpo_rows(tiny_model, tmp_path / "sigmoid", loss_type="sigmoid")
+    assert sigmoid[0]["train/loss"] == pytest.approx(math.log(2), rel=1e-4)
+
+
+def test_dpo_label_smoothing_gives_conservative_dpo(tiny_model, tmp_path):
+    # cDPO's gradient at margin 0 is (1 - 2 eps) times DPO's (robust DPO's is 1 / (1 - 2 eps) times):
+    # the first step's gradient norm says which loss TRL computed.
+    plain = train_dpo_rows(tiny_model, tmp_path / "plain")
+    cdpo = train_dpo_rows(tiny_model, tmp_path / "cdpo", label_smoothing=0.25)
+    assert cdpo[0]["train/loss"] == pytest.approx(math.log(2), rel=1e-4)
+    assert cdpo[0]["train/grad_norm"] == pytest.approx(0.5 * plain[0]["train/grad_norm"], rel=1e-3)
+    assert all(math.isfinite(r["train/loss"]) for r in cdpo)
+    with pytest.raises(ValueError, match="label_smoothing=0.5 must be in"):
+        DPOOptimizer(label_smoothing=0.5)
+
+
+def test_warmup_ratio_is_a_share_of_the_training_steps(tiny_model, tmp_path):
+    # 4 steps, warmup_ratio 0.5: the rate climbs over 2 steps, then decays linearly to 0.
+    rows = train_dpo_rows(tiny_model, tmp_path / "warm", warmup_ratio=0.5, lr_scheduler="linear")
+    lr = 1e-3
+    assert [r["train/learning_rate"] for r in rows] == pytest.approx([0.0, lr / 2, lr, lr / 2])
+    # 1 or more would be read as a number of steps: refused everywhere the key exists
+    for make in (lambda: DPOOptimizer(warmup_ratio=1.0), lambda: GRPOOptimizer(warmup_ratio=1.0),
+                 lambda: OnlineDPOOptimizer(warmup_ratio=2), lambda: RLOOOptimizer(warmup_ratio=-0.1)):
+        with pytest.raises(ValueError, match=r"optimizer.warmup_ratio=.* must be in \[0, 1\)"):
+            make()
 
 
 # -- budgets and counting ---------------------------------------------------------------------------

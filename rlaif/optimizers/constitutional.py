@@ -19,11 +19,11 @@ import re
 from pathlib import Path
 
 from rlaif import distributed
-from rlaif.precision import mixed_precision as mixed_precision_for
-from rlaif.precision import training_dtype
 from rlaif.io import read_jsonl, write_json, write_records
 from rlaif.optimizers.base import TrainContext, lora_config
-from rlaif.optimizers.trl_online import common_args, log_forwarder, resumer, train_resumable
+from rlaif.optimizers.trl_online import common_args, log_forwarder, resumer, train_resumable, warmup_fraction
+from rlaif.precision import mixed_precision as mixed_precision_for
+from rlaif.precision import training_dtype
 from rlaif.types import Prompt
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ class ConstitutionalSFT:
         self.generation_batch_size = generation_batch_size
         self.learning_rate, self.epochs = learning_rate, epochs
         self.batch_size, self.grad_accum, self.max_length = batch_size, grad_accum, max_length
-        self.lr_scheduler, self.warmup_ratio, self.max_grad_norm = lr_scheduler, warmup_ratio, max_grad_norm
+        self.lr_scheduler, self.max_grad_norm = lr_scheduler, max_grad_norm
+        self.warmup_ratio = warmup_fraction(warmup_ratio)
         self.gradient_checkpointing, self.dtype = gradient_checkpointing, training_dtype(dtype)
         self.mixed_precision = mixed_precision_for(mixed_precision)
         self.lora = dict(lora or {})

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy
+from rlaif.optimizers.trl_online import warmup_fraction
 from rlaif.precision import mixed_precision as mixed_precision_for
 from rlaif.precision import training_dtype
-from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,12 @@ class DPOOptimizer:
                  weight_decay: float = 0.0, max_grad_norm: float = 1.0, precompute_ref_log_probs: bool = True,
                  dtype: str = "float32", mixed_precision: str = "no", lora: dict | None = None, logging_steps: int = 1,
                  save_steps: int | None = 10, **_unused):
+        if not 0.0 <= label_smoothing < 0.5:
+            raise ValueError(f"optimizer.label_smoothing={label_smoothing} must be in [0, 0.5): the assumed share of "
+                             "flipped preference labels")
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
         self.learning_rate, self.epochs, self.batch_size, self.grad_accum = learning_rate, epochs, batch_size, grad_accum
-        self.max_length, self.warmup_ratio, self.lr_scheduler = max_length, warmup_ratio, lr_scheduler
+        self.max_length, self.warmup_ratio, self.lr_scheduler = max_length, warmup_fraction(warmup_ratio), lr_scheduler
         self.weight_decay, self.max_grad_norm = weight_decay, max_grad_norm
         self.precompute_ref_log_probs, self.dtype = precompute_ref_log_probs, training_dtype(dtype)
         self.mixed_precision = mixed_precision_for(mixed_precision)
@@ -74,11 +78,10 @@ def train_dpo(opt: DPOOptimizer, model_path: str, pairs: list, output_dir: Path,
     saving = checkpoint_args(getattr(opt, "save_steps", None), Path(checkpoint_dir) if checkpoint_dir else None,
                              output_dir, opt.logging_steps)
     args = DPOConfig(
-        **saving, beta=opt.beta, loss_type=[opt.loss_type],
-        label_smoothing=opt.label_smoothing, learning_rate=opt.learning_rate,
+        **saving, beta=opt.beta, **loss_args(opt.loss_type, opt.label_smoothing), learning_rate=opt.learning_rate,
         num_train_epochs=opt.epochs, per_device_train_batch_size=opt.batch_size,
         gradient_accumulation_steps=opt.grad_accum, max_length=opt.max_length,
-        warmup_steps=opt.warmup_ratio, lr_scheduler_type=opt.lr_scheduler, weight_decay=opt.weight_decay,
+        warmup_steps=warmup_fraction(opt.warmup_ratio), lr_scheduler_type=opt.lr_scheduler, weight_decay=opt.weight_decay,
         max_grad_norm=opt.max_grad_norm, precompute_ref_log_probs=opt.precompute_ref_log_probs,
         logging_steps=opt.logging_steps, report_to=[], seed=seed, data_seed=seed,
         logging_nan_inf_filter=False,  # log a NaN loss as NaN (the default averages it away, logging 0.0)
@@ -114,6 +117,22 @@ def train_dpo(opt: DPOOptimizer, model_path: str, pairs: list, output_dir: Path,
 
     shutil.rmtree(output_dir / "trainer", ignore_errors=True)
     return last
+
+
+def loss_args(loss_type: str, label_smoothing: float) -> dict:
+    """DPOConfig's loss settings for our ``loss_type`` and ``label_smoothing``.
+
+    TRL's sigmoid loss ignores label smoothing, so conservative DPO (cDPO: sigmoid with
+    ``label_smoothing`` = eps) is put together from two of TRL's own losses. With z = beta * margin,
+    cDPO is -(1 - eps) log s(z) - eps log s(-z) = -log s(z) + eps z, and TRL's robust loss is
+    -log s(z) - eps z / (1 - 2 eps); so (2 - 2 eps) * sigmoid - (1 - 2 eps) * robust equals cDPO in
+    value and gradient.
+    """
+    eps = float(label_smoothing)
+    if loss_type == "sigmoid" and eps > 0:
+        return {"loss_type": ["sigmoid", "robust"], "loss_weights": [2 - 2 * eps, -(1 - 2 * eps)],
+                "label_smoothing": eps}
+    return {"loss_type": [loss_type], "label_smoothing": eps}
 
 
 def _pairs_dataset(rows: list[dict], checkpoint_dir):

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import torch
 
-from rlaif.precision import mixed_precision as mixed_precision_for
-from rlaif.precision import training_dtype
 from rlaif.optimizers.base import TrainContext, lora_config
 from rlaif.optimizers.trl_online import (
     CountingReward,
@@ -32,7 +30,10 @@ from rlaif.optimizers.trl_online import (
     log_forwarder,
     resumer,
     train_resumable,
+    warmup_fraction,
 )
+from rlaif.precision import mixed_precision as mixed_precision_for
+from rlaif.precision import training_dtype
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ class OnlineDPOOptimizer:
         self.batch_size, self.grad_accum, self.epochs, self.max_steps = batch_size, grad_accum, epochs, max_steps
         self.max_new_tokens, self.max_length, self.temperature = max_new_tokens, max_length, temperature
         self.missing_eos_penalty = missing_eos_penalty
-        self.lr_scheduler, self.warmup_ratio, self.max_grad_norm = lr_scheduler, warmup_ratio, max_grad_norm
+        self.lr_scheduler, self.max_grad_norm = lr_scheduler, max_grad_norm
+        self.warmup_ratio = warmup_fraction(warmup_ratio)
         self.gradient_checkpointing, self.dtype = gradient_checkpointing, training_dtype(dtype)
         self.mixed_precision = mixed_precision_for(mixed_precision)
         self.lora = dict(lora or {})

@@ -21,9 +21,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from rlaif import distributed
+from rlaif.optimizers.trl_online import common_args, log_forwarder, warmup_fraction
 from rlaif.precision import mixed_precision as mixed_precision_for
 from rlaif.precision import training_dtype
-from rlaif.optimizers.trl_online import common_args, log_forwarder
 from rlaif.types import PreferencePair
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ class RewardModelTrainer:
         self.learning_rate, self.epochs, self.batch_size, self.grad_accum = learning_rate, epochs, batch_size, grad_accum
         self.max_length, self.eval_fraction, self.min_eval_pairs = max_length, eval_fraction, min_eval_pairs
         self.center_rewards_coefficient = center_rewards_coefficient
-        self.lr_scheduler, self.warmup_ratio, self.max_grad_norm = lr_scheduler, warmup_ratio, max_grad_norm
+        self.lr_scheduler, self.max_grad_norm = lr_scheduler, max_grad_norm
+        self.warmup_ratio = warmup_fraction(warmup_ratio, "reward_model")
         self.gradient_checkpointing, self.dtype = gradient_checkpointing, training_dtype(dtype)
         self.mixed_precision = mixed_precision_for(mixed_precision)
         self.lora = dict(lora or {})

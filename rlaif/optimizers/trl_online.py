@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
+from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy, trl_reward
 from rlaif.precision import mixed_precision as mixed_precision_for
 from rlaif.precision import training_dtype
-from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy, trl_reward
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,16 @@ def budget_max_steps(ctx: TrainContext, per_generation: int, micro_steps_per_gen
     return steps
 
 
+def warmup_fraction(warmup_ratio, section: str = "optimizer") -> float:
+    """``warmup_ratio`` checked for TrainingArguments' ``warmup_steps``, which (transformers >= 5)
+    reads a float below 1 as a share of the training steps but 1 or more as a number of steps."""
+    ratio = float(warmup_ratio)
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"{section}.warmup_ratio={warmup_ratio} must be in [0, 1): it is the share of the "
+                         "training steps spent warming the learning rate up (e.g. 0.1)")
+    return ratio
+
+
 def common_args(opt, seed: int, output_dir: Path, max_steps: int | None = None,
                 checkpoint_dir: Path | None = None) -> dict[str, Any]:
     """TrainingArguments shared by every TRL trainer we wrap (``opt`` holds our config keys).
@@ -137,7 +147,8 @@ def common_args(opt, seed: int, output_dir: Path, max_steps: int | None = None,
         **saving, learning_rate=opt.learning_rate,
         num_train_epochs=opt.epochs, max_steps=max_steps if max_steps is not None else -1,
         per_device_train_batch_size=opt.batch_size, gradient_accumulation_steps=opt.grad_accum,
-        warmup_steps=opt.warmup_ratio, lr_scheduler_type=opt.lr_scheduler, max_grad_norm=opt.max_grad_norm,
+        warmup_steps=warmup_fraction(opt.warmup_ratio), lr_scheduler_type=opt.lr_scheduler,
+        max_grad_norm=opt.max_grad_norm,
         logging_steps=opt.logging_steps, report_to=[], seed=seed, data_seed=seed,
         logging_nan_inf_filter=False,  # log a NaN loss as NaN (the default averages it away, logging 0.0)
         bf16=opt.dtype == "bfloat16" or opt.mixed_precision == "bf16", fp16=opt.mixed_precision == "fp16",
@@ -202,7 +213,8 @@ class _OnlineBase:
         self.grad_accum, self.epochs, self.max_steps = grad_accum, epochs, max_steps
         self.beta, self.epsilon, self.num_iterations = beta, epsilon, num_iterations
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
-        self.lr_scheduler, self.warmup_ratio, self.max_grad_norm = lr_scheduler, warmup_ratio, max_grad_norm
+        self.lr_scheduler, self.warmup_ratio = lr_scheduler, warmup_fraction(warmup_ratio)
+        self.max_grad_norm = max_grad_norm
         self.mask_truncated_completions = mask_truncated_completions
         self.gradient_checkpointing, self.dtype = gradient_checkpointing, training_dtype(dtype)
         self.mixed_precision = mixed_precision_for(mixed_precision)
