@@ -285,3 +285,40 @@ def test_run_registry_rules(tmp_path):
     reg.update("k", never, status="finished")
     after, resumed = reg.claim("k", {"output_dir": str(new), "wandb_run_id": "ffff6666"}, allow_resume=True)
     assert resumed is None and after["output_dir"] == str(new)
+
+
+def test_resume_never_starts_a_new_run_folder_and_wandb_run(setup, tmp_path):
+    """From the CLI: an interrupted run, then the same command with resume=never: a new Hydra folder
+    and W&B run, attempt 1; the interrupted run's folder is left as it was and no longer resumable."""
+    cache = tmp_path / "cache"
+    first, second = tmp_path / "first", tmp_path / "second"
+    h = Harness(tmp_path, setup.overrides_for(cache) + [f"hydra.run.dir={first}"], cache)
+    proc = h.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and h.progress().get("stages", {}).get("generate", {}).get("computed", 0) < 2:
+        assert proc.poll() is None, h.logs[-1].read_text()[-2000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) != 0
+    interrupted = json.loads((first / "progress.json").read_text())
+    assert interrupted["status"] == "interrupted" and not (first / "summary.json").exists()
+    (old_id,) = wandb_ids(first)
+    (entry_path,) = (cache / "runs").glob("*.json")
+    assert json.loads(entry_path.read_text())["wandb_run_id"] == old_id  # resume=auto would continue this one
+
+    h.overrides = setup.overrides_for(cache) + [f"hydra.run.dir={second}", "resume=never"]
+    assert h.start().wait(600) == 0, h.logs[-1].read_text()[-3000:]
+    log = h.logs[-1].read_text()
+    assert "resuming" not in log
+    (new_id,) = wandb_ids(second)
+    assert new_id != old_id and wandb_ids(first) == {old_id}  # nothing written into the old run's W&B folder
+    manifest = json.loads((second / "manifest.json").read_text())
+    assert manifest["run"]["attempt"] == 1 and manifest["run"]["resumed"] is False
+    assert manifest["run"]["wandb_run_id"] == new_id
+    assert json.loads((second / "progress.json").read_text())["attempt"] == 1
+    assert not (second / "resumed_run").exists() and (second / "summary.json").is_file()
+    assert json.loads((first / "progress.json").read_text()) == interrupted and not (first / "summary.json").exists()
+    entry = json.loads(entry_path.read_text())
+    assert (entry["output_dir"], entry["wandb_run_id"], entry["attempt"], entry["status"]) == \
+        (str(second), new_id, 1, "finished")
+    assert not compare(second, setup.ref)  # the same results as an uninterrupted run
