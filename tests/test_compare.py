@@ -22,7 +22,10 @@ from rlaif.compare import RunRecord, SweepSummary, load_runs, main, make_labels
 
 REPO = Path(compare.__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
-PLOTS = ["gold_vs_kl", "winrate_vs_kl", "length_drift", "train_vs_heldout"]  # training_curves: when histories exist
+PLOTS = ["gold_vs_kl", "winrate_vs_kl", "length_drift", "train_vs_heldout", "training_curves"]
+PPO = ["optimizer=ppo", "optimizer.total_episodes=12", "optimizer.rollout_batch_size=4", "optimizer.ppo_epochs=1",
+       "optimizer.num_minibatches=1", "optimizer.forward_batch_size=4", "optimizer.learning_rate=1e-3",
+       "optimizer.mixed_precision=no", "optimizer.progress_bar=false"]
 
 
 def _env() -> dict[str, str]:
@@ -50,7 +53,7 @@ def sweep(tiny_model, tmp_path_factory):
     from rlaif.pipeline import run
 
     run(compose_config([*tiny, "optimizer.beta=2.0"]), output_dir=root / "extra" / "beta2")  # reuses cached samples
-    return SimpleNamespace(root=root, multirun=root / "multirun", output=proc.stdout + proc.stderr)
+    return SimpleNamespace(root=root, multirun=root / "multirun", output=proc.stdout + proc.stderr, tiny=tiny)
 
 
 def _summary(run_dir: Path) -> dict:
@@ -88,7 +91,7 @@ def test_cli_writes_table_json_and_plots(sweep, tmp_path, capsys):
         assert float(row["eval/gold_reward_policy"]) == pytest.approx(s["eval/gold_reward_policy"], abs=1e-12)
         assert float(row["eval/win_rate"]) == pytest.approx(s["eval/win_rate"], abs=1e-12)
         assert row["optimizer"] == "dpo" and row["status"] == "ok"
-        assert row["eval/heldout_win_rate"] == "" or "eval/heldout_win_rate" in s  # missing -> blank, not an error
+        assert row["eval/heldout_win_rate"] == "" and "eval/heldout_win_rate" not in s  # missing -> blank, not an error
     # labels: the varied override for the Hydra jobs, the folder for the run launched on its own
     assert rows["multirun/0"]["label"] == "beta=0.05" and rows["multirun/1"]["label"] == "beta=0.5"
     assert rows["extra/beta2"]["label"] == "extra/beta2" and float(rows["extra/beta2"]["optimizer.beta"]) == 2.0
@@ -98,9 +101,9 @@ def test_cli_writes_table_json_and_plots(sweep, tmp_path, capsys):
     assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + 3 and "beta=0.05" in md and "KL" in md  # header + one row per run
     result = json.loads((out / "comparison.json").read_text())
     assert len(result["runs"]) == 3 and result["complete"] == 3
-    expected = PLOTS + (["training_curves"] if any(r.history for r in runs.values()) else [])
-    assert sorted(result["plots"]) == sorted(expected), result["skipped_plots"]
-    for name in expected:
+    assert all(r.history for r in runs.values())  # every run wrote train_history.jsonl
+    assert sorted(result["plots"]) == sorted(PLOTS) and result["skipped_plots"] == {}
+    for name in PLOTS:
         data = (out / f"{name}.png").read_bytes()
         assert data[:8] == PNG and len(data) > 5000, name
 
@@ -111,31 +114,42 @@ def test_plotted_points_are_the_summaries(sweep):
     ax = fig.axes[0]
     assert ax.get_title() and ax.get_xlabel().startswith("KL") and "gold reward" in ax.get_ylabel()
     series = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar: (data line, caps, bars)
-    assert sorted(series) == ["dpo", "reference policy" + (" (mean over runs)" if len(
-        {_summary(r.path)["eval/gold_reward_reference"] for r in runs}) > 1 else "")]
+    # the reference's samples are one cached stage shared by every run: one reference point
+    assert len({_summary(r.path)["eval/gold_reward_reference"] for r in runs}) == 1
+    assert sorted(series) == ["dpo", "reference policy"]
     by_kl = sorted(runs, key=lambda r: _summary(r.path)["eval/kl"])
     assert list(series["dpo"].get_xdata()) == pytest.approx([_summary(r.path)["eval/kl"] for r in by_kl])  # KL order
     assert list(series["dpo"].get_ydata()) == pytest.approx([_summary(r.path)["eval/gold_reward_policy"] for r in by_kl])
     ref = next(line for label, line in series.items() if label.startswith("reference"))
     assert list(ref.get_xdata()) == [0.0]
     assert {t.get_text() for t in ax.texts} == {r.label for r in runs}
-    fig, ykey = compare.plot_train_vs_heldout(runs)
-    used = "heldout_win_rate" if ykey == "eval/heldout_win_rate" else "gold_reward_gain"
-    assert used in fig.axes[0].get_ylabel()
+    fig, ykey = compare.plot_train_vs_heldout(runs)  # no held-out judge in these runs: the gold reward gain
+    assert ykey == "eval/gold_reward_gain" and "eval/gold_reward_gain" in fig.axes[0].get_ylabel()
 
 
 def test_training_curves_from_history(sweep, tmp_path):
+    """DPO runs log a loss, PPO a reward: one panel each, every line the run's own train_history.jsonl."""
+    from rlaif.pipeline import run
+
     root = _copy(sweep, tmp_path / "s")
-    hist = root / "multirun" / "0" / "train_history.jsonl"
-    if not hist.exists():  # runs from before train_history.jsonl: give one run a history
-        hist.write_text("".join(json.dumps({"train/step": i, "train/loss": 0.7 - 0.1 * i}) + "\n" for i in range(4)))
-    rows = [json.loads(x) for x in hist.read_text().splitlines() if x.strip()]
-    key = "train/reward" if any("train/reward" in r for r in rows) else "train/loss"
+    ppo = [o for o in sweep.tiny if not o.startswith("optimizer.")] + PPO  # DPO's settings are not PPO's keys
+    run(compose_config(ppo), output_dir=root / "extra" / "ppo")  # a real run that logs train/reward
     runs = load_runs(root)
     fig = compare.plot_training_curves(runs)
-    assert fig is not None
-    (line,) = [ln for ax in fig.axes for ln in ax.lines if ln.get_label().startswith("beta=0.05 ")]
-    assert list(line.get_ydata()) == pytest.approx([r[key] for r in rows if r.get(key) is not None])
+    panels = {ax.get_ylabel(): ax for ax in fig.axes}
+    assert sorted(panels) == ["train/loss", "train/reward"]
+    plotted = {key: {ln.get_label(): ln for ln in ax.lines} for key, ax in panels.items()}
+    assert sorted(plotted["train/reward"]) == ["extra/ppo (ppo)"]
+    assert sorted(plotted["train/loss"]) == ["beta=0.05 (dpo)", "beta=0.5 (dpo)", "extra/beta2 (dpo)"]
+    folders = {"extra/ppo (ppo)": "extra/ppo", "beta=0.05 (dpo)": "multirun/0", "beta=0.5 (dpo)": "multirun/1",
+               "extra/beta2 (dpo)": "extra/beta2"}
+    for key, lines in plotted.items():
+        for label, line in lines.items():
+            rows = [json.loads(x) for x in (root / folders[label] / "train_history.jsonl").read_text().splitlines()]
+            rows = [r for r in rows if r.get(key) is not None]
+            assert len(rows) >= 2, label
+            assert list(line.get_xdata()) == [r["train/step"] for r in rows], label
+            assert list(line.get_ydata()) == pytest.approx([r[key] for r in rows]), label
     result = compare.write_comparison(root, tmp_path / "out")
     assert (tmp_path / "out" / "training_curves.png").read_bytes()[:8] == PNG
     assert "training_curves" in result["plots"]
