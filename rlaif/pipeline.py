@@ -53,7 +53,7 @@ from rlaif.diagnostics import (
     verbosity_probe,
 )
 from rlaif.diagnostics.gate import JudgeGateError, check_gate
-from rlaif.evaluation import evaluate
+from rlaif.evaluation import KL_ESTIMATOR, evaluate
 from rlaif.generators import HFGenerator
 from rlaif.io import atomic_write_text, read_jsonl, read_records, write_json, write_records
 from rlaif.journal import Journal, Progress, add_spent, spent_since
@@ -834,7 +834,7 @@ def _evaluate_stage(r: Run, cfg, seed, prompts, policy, policy_dir, trained_id, 
     eval_inputs = {"policy": trained_id, "reference": ref_inputs, "judge": judge_inputs["judge"],
                    "judge_model": judge_identity, "criterion": judge_inputs["criterion"],
                    "gold": OmegaConf.to_container(cfg.data.gold, resolve=True) if cfg.data.get("gold") else None,
-                   "kl_dtype": ev.kl_dtype,
+                   "kl_dtype": ev.kl_dtype, "kl_estimator": KL_ESTIMATOR,
                    "heldout": OmegaConf.to_container(heldout_cfg, resolve=True) if heldout_cfg else None}
     best_of_n = getattr(optimizer, "name", "") == "best_of_n"
 
@@ -961,7 +961,7 @@ def format_summary(name: str, s: dict, out: Path, location: str | None, hits: di
         f"  gold reward   reference {f('eval/gold_reward_reference')}  ->  policy {f('eval/gold_reward_policy')}"
         f"   (gain {f('eval/gold_reward_gain', '{:+.3f}')}, n={f('eval/samples_per_policy', '{:.0f}')} per policy)",
         f"  judge win rate of policy over reference: {f('eval/win_rate')}",
-        f"  KL(policy || reference): {f('eval/kl')} nats per response",
+        f"  KL {f('eval/kl')} nats: {s.get('eval/kl_of') or 'KL(policy || reference) per response'}",
         f"  mean length   reference {f('eval/length_reference', '{:.1f}')}  ->  policy {f('eval/length_policy', '{:.1f}')} tokens",
         f"  training spent {f('train/judge_calls', '{:.0f}')} judge calls and {f('train/generated_tokens', '{:.0f}')}"
         f" generated tokens",

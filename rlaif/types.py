@@ -44,7 +44,16 @@ class Prompt(Record):
 
 @dataclass
 class Candidate(Record):
-    """One sampled response to a prompt."""
+    """One sampled response to a prompt.
+
+    ``token_ids``: the response exactly as sampled, EOS included when it was produced (the text
+    is its decoding, stripped). Evaluation scores these ids for the KL; re-tokenising the text
+    would score other tokens. None where the generator returns text only (API servers) and in
+    records written before ids were kept.
+    ``sampling``: the parameters of the distribution the ids were drawn from (``temperature``,
+    ``top_p``, ``top_k``: 0 = off, ``max_new_tokens``); nothing else shaped it (the model's own
+    generation defaults are not used). None where the generator does not know them.
+    """
 
     prompt_id: str
     index: int  # 0..k-1 within the prompt
@@ -53,6 +62,8 @@ class Candidate(Record):
     finished: bool  # True when the model emitted EOS before max_new_tokens
     model: str  # resolved model identity that produced it (path or hub id)
     source: str = "policy"  # "policy", "reference", or an optimizer name
+    token_ids: list[int] | None = None
+    sampling: dict[str, Any] | None = None
 
 
 @dataclass
@@ -138,5 +149,7 @@ class EvalSample(Record):
     num_tokens: int
     gold: float | None  # gold reward (e.g. VADER compound), when the task has a gold labeller
     judge_score: float | None = None
-    logp_policy: float | None = None  # summed log-prob of the response under the trained policy
-    logp_reference: float | None = None  # ... and under the reference policy
+    # Summed log-prob of the response (policy samples) under the distribution it was sampled from:
+    # the trained policy at the sampling temperature, with its top-k / top-p truncation ...
+    logp_policy: float | None = None
+    logp_reference: float | None = None  # ... and under the reference at the same temperature, untruncated

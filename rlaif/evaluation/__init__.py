@@ -1,9 +1,22 @@
 """Evaluation of the trained policy against the reference policy on held-out prompts.
 
 Measures: the frozen judge's win rate of policy over reference (sample i against sample i of the
-same prompt), mean gold reward of both (when the task has a gold labeller), sequence-level
-KL(policy || reference) estimated on the policy's own samples as mean of
-log pi(y|x) - log pi_ref(y|x), and mean response length in tokens.
+same prompt), mean gold reward of both (when the task has a gold labeller), the sequence-level KL
+of the policy's samples to the reference, and mean response length in tokens.
+
+The KL (``eval/kl``) is KL(pi_s || ref_T) per response, estimated on the policy's own samples as
+the mean of log pi_s(y|x) - log ref_T(y|x) over the sampled token ids (EOS included when it was
+sampled). pi_s is the distribution the samples were drawn from: the trained policy's
+softmax(logits / T) at the sampling temperature T, truncated by top-k / top-p when those were on.
+ref_T is the reference at the same temperature, untruncated (a truncated reference would give an
+infinite KL to any sample outside its nucleus). Without truncation this is PPO's ``train/kl``
+exactly: the same tokens, temperature and sum over tokens. With truncation, ``eval/kl_untruncated``
+holds PPO's definition (the policy at T, untruncated, on the same samples). ``eval/kl_of`` says
+in words which distribution the number is the KL of.
+
+Samples without token ids (from an API generator, or records written before ids were kept) are
+scored on their re-tokenised text, with EOS appended when they finished; that is counted in
+``eval/kl_retokenised`` and said in ``eval/kl_of``.
 """
 
 from __future__ import annotations
@@ -12,8 +25,15 @@ import math
 import statistics
 
 from rlaif.diagnostics import length_controlled_win_rate
-from rlaif.scoring import chat_prefix_ids, continuation_logprobs
+from rlaif.diagnostics.stats import is_number
+from rlaif.scoring import chat_prefix_ids, sampled_logprobs, text_ids
 from rlaif.types import Candidate, EvalSample, Prompt
+
+# Part of the evaluation stage's cache key: records scored under another KL definition are not reused.
+KL_ESTIMATOR = "sampled ids; pi at sampling T with its truncation vs reference at T"
+
+# What a sample without recorded sampling parameters is assumed to have been drawn with.
+UNKNOWN_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
 
 
 def _mean(xs) -> float:
@@ -26,6 +46,77 @@ def _sem(xs) -> float:
     return statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
 
 
+def _valid_pref(p) -> bool:
+    """A preference is P(policy better) in [0, 1]; None, NaN or out of range is an invalid verdict."""
+    return is_number(p) and 0.0 <= float(p) <= 1.0
+
+
+def _preferences(prefs: list) -> tuple[float, float, int]:
+    """(win rate with ties as 1/2, mean preference, invalid verdicts) of the policy's preferences."""
+    valid = [float(p) for p in prefs if _valid_pref(p)]
+    wins = [1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5 for p in valid]
+    return _mean(wins), _mean(valid), len(prefs) - len(valid)
+
+
+def _scored_ids(c: Candidate, tokenizer) -> tuple[list[int], bool]:
+    """(token ids to score, whether they are the sampled ids)."""
+    if c.token_ids is not None:
+        return list(c.token_ids), True
+    eos = [tokenizer.eos_token_id] if c.finished and tokenizer.eos_token_id is not None else []
+    return text_ids(tokenizer, c.text) + eos, False
+
+
+def _distribution(c: Candidate) -> tuple[float, float, int]:
+    s = {**UNKNOWN_SAMPLING, **(c.sampling or {})}
+    return float(s["temperature"]), float(s["top_p"]), int(s["top_k"] or 0)
+
+
+def _describe(dists: set, known: bool, retokenised: int, n: int) -> str:
+    """``eval/kl_of``: the KL in words, with the sampling settings the samples carry."""
+    parts = []
+    for t, top_p, top_k in sorted(dists):
+        cut = ", ".join(x for x in (f"top_k={top_k}" if top_k else "", f"top_p={top_p:g}" if top_p < 1 else "") if x)
+        parts.append(f"KL(policy at T={t:g}{', ' + cut if cut else ''} || reference at T={t:g})")
+    what = " and ".join(parts) + " per response"
+    if not known:
+        what += " (sampling parameters not recorded: T=1, no truncation assumed)"
+    if retokenised == 0:
+        return what + ", on the sampled token ids (EOS included when sampled)"
+    if retokenised == n:
+        return what + ", on re-tokenised response text (+EOS when finished): the samples carry no token ids"
+    return what + f", on the sampled token ids; {retokenised} of {n} samples had none and were re-tokenised"
+
+
+def sequence_kl(prompts: list[Prompt], policy: list[Candidate], policy_model, reference_model, tokenizer,
+                batch_size: int = 16) -> tuple[list[tuple[float, float, float]], dict]:
+    """Per policy sample (log pi_s, log pi_T, log ref_T) of its tokens, and the ``eval/kl*`` metrics.
+
+    Samples are scored in groups that share their sampling parameters (the module docstring
+    defines pi_s, pi_T and ref_T).
+    """
+    by_id = {p.id: p for p in prompts}
+    prefixes = [chat_prefix_ids(tokenizer, by_id[c.prompt_id].messages) for c in policy]
+    scored = [_scored_ids(c, tokenizer) for c in policy]
+    dists = [_distribution(c) for c in policy]
+    out: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * len(policy)
+    for t, top_p, top_k in sorted(set(dists)):
+        rows = [i for i, d in enumerate(dists) if d == (t, top_p, top_k)]
+        pre, conts = [prefixes[i] for i in rows], [scored[i][0] for i in rows]
+        pol = sampled_logprobs(policy_model, tokenizer.pad_token_id, pre, conts, t, top_p, top_k, batch_size,
+                               desc="KL (policy)")
+        ref = sampled_logprobs(reference_model, tokenizer.pad_token_id, pre, conts, t, 1.0, 0, batch_size,
+                               desc="KL (reference)")
+        for i, (ps, pt, _), (_, rt, _) in zip(rows, pol, ref, strict=True):
+            out[i] = (ps, pt, rt)
+    kls = [ps - rt for ps, _, rt in out]
+    retok = sum(not ok for _, ok in scored)
+    metrics = {"eval/kl": _mean(kls), "eval/kl_sem": _sem(kls), "eval/kl_retokenised": retok,
+               "eval/kl_of": _describe(set(dists), all(c.sampling for c in policy), retok, len(policy))}
+    if any(top_k or top_p < 1 for _, top_p, top_k in dists):
+        metrics["eval/kl_untruncated"] = _mean([pt - rt for _, pt, rt in out])
+    return out, metrics
+
+
 def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Candidate], judge, gold,
              policy_model, reference_model, tokenizer, kl_batch_size: int = 16, analytic_kl: float | None = None,
              heldout_judge=None) -> tuple[list[EvalSample], dict]:
@@ -33,7 +124,8 @@ def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Can
 
     ``policy_model`` None with ``analytic_kl``: the policy is not a model (best-of-n sampling) and its
     KL is known in closed form. ``heldout_judge``: a second judge that never trained the policy,
-    for the training-judge vs held-out-judge view of over-optimisation.
+    for the training-judge vs held-out-judge view of over-optimisation. A judge preference that is
+    None, NaN or outside [0, 1] is invalid: counted, and left out of every win rate.
     """
     by_id = {p.id: p for p in prompts}
     samples = []
@@ -48,23 +140,17 @@ def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Can
     matched = [(c, ref_by_key[(c.prompt_id, c.index)]) for c in policy if (c.prompt_id, c.index) in ref_by_key]
     prefs = judge.prefer([by_id[a.prompt_id] for a, _ in matched], [a.text for a, _ in matched],
                          [b.text for _, b in matched]) if matched else []
-    valid_prefs = [p for p in prefs if p is not None]
-    wins = [1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5 for p in valid_prefs]
+    win_rate, mean_pref, invalid = _preferences(prefs)
 
     # Sequence-level KL on the policy's samples.
     pol_samples = [s for s in samples if s.source == "policy"]
     if policy_model is not None:
-        prefixes = [chat_prefix_ids(tokenizer, by_id[c.prompt_id].messages) for c in policy]
-        conts = [tokenizer(c.text, add_special_tokens=False)["input_ids"] for c in policy]
-        lp_pol = continuation_logprobs(policy_model, tokenizer.pad_token_id, prefixes, conts, kl_batch_size,
-                                       desc="KL (policy)")
-        lp_ref = continuation_logprobs(reference_model, tokenizer.pad_token_id, prefixes, conts, kl_batch_size,
-                                       desc="KL (reference)")
-        kls = [a[0] - b[0] for a, b in zip(lp_pol, lp_ref, strict=True)]
-        for s, a, b in zip(pol_samples, lp_pol, lp_ref, strict=True):
-            s.logp_policy, s.logp_reference = a[0], b[0]
+        logps, kl_metrics = sequence_kl(prompts, policy, policy_model, reference_model, tokenizer, kl_batch_size)
+        for s, (ps, _, rt) in zip(pol_samples, logps, strict=True):
+            s.logp_policy, s.logp_reference = ps, rt
     else:
-        kls = [analytic_kl] if analytic_kl is not None else []
+        kl_metrics = {"eval/kl": analytic_kl if analytic_kl is not None else float("nan"),
+                      "eval/kl_of": "KL(best-of-n || reference) per response, analytic: log n - (n-1)/n"}
 
     # The training judge's own score of both policies' samples (pointwise judges).
     judge_scores = {}
@@ -81,10 +167,12 @@ def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Can
         "eval/gold_reward_reference": _mean(golds["reference"]),
         "eval/gold_reward_policy_sem": _sem(golds["policy"]),
         "eval/gold_reward_reference_sem": _sem(golds["reference"]),
-        "eval/win_rate": _mean(wins),
-        "eval/judge_preference": _mean(valid_prefs),
-        "eval/win_rate_invalid": len(prefs) - len(valid_prefs),
-        "eval/kl": _mean(kls),
+        "eval/win_rate": win_rate,
+        "eval/judge_preference": mean_pref,
+        "eval/win_rate_invalid": invalid,
+        "eval/pairs": len(matched),
+        "eval/unpaired": len(policy) + len(reference) - 2 * len(matched),
+        **kl_metrics,
         "eval/length_policy": _mean([c.num_tokens for c in policy]),
         "eval/length_reference": _mean([c.num_tokens for c in reference]),
         "eval/samples_per_policy": len(policy),
@@ -95,10 +183,9 @@ def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Can
     if heldout_judge is not None:
         hp = heldout_judge.prefer([by_id[a.prompt_id] for a, _ in matched], [a.text for a, _ in matched],
                                   [b.text for _, b in matched]) if matched else []
-        hv = [p for p in hp if p is not None]
-        metrics["eval/heldout_win_rate"] = _mean([1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5 for p in hv])
-        metrics["eval/heldout_preference"] = _mean(hv)
-        metrics["eval/heldout_invalid"] = len(hp) - len(hv)
+        h_win, h_pref, h_invalid = _preferences(hp)
+        metrics.update({"eval/heldout_win_rate": h_win, "eval/heldout_preference": h_pref,
+                        "eval/heldout_invalid": h_invalid})
     lc = length_controlled_win_rate(prefs, [a.num_tokens for a, _ in matched], [b.num_tokens for _, b in matched])
     if "lc_win_rate" in lc:
         metrics["eval/lc_win_rate"] = lc["lc_win_rate"]

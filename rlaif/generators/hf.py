@@ -6,15 +6,35 @@ resumable: with a ``journal`` (rlaif/journal.py) each finished batch is recorded
 reads finished batches back instead of sampling them -- the batches it still samples get the
 same seeds as in an uninterrupted run, so the result is identical. Keep it that way: nothing
 may make a batch depend on the batches before it (no RNG state carried across batches).
+
+Samples come from the policy's own distribution and nothing else: generation starts from a
+clean ``GenerationConfig`` (temperature, top-p, top-k from this generator's settings), never from
+the model's saved ``generation_config``, whose repetition penalties, n-gram bans or default
+top-k would make the samples differ from the distribution that evaluation and training score.
+Every candidate records its sampled token ids and these sampling parameters.
 """
 
 from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
 
 from rlaif.scoring import chat_prefix_ids, left_pad
 from rlaif.types import Candidate, Prompt
+
+log = logging.getLogger(__name__)
+
+# Generation settings that change which tokens are drawn, with the value that leaves them off.
+# A model's saved generation_config may set them; they are reported and not used.
+_NEUTRAL = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0,
+            "encoder_no_repeat_ngram_size": 0, "top_k": 0, "top_p": 1.0, "temperature": 1.0, "min_p": None,
+            "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "top_h": None, "bad_words_ids": None,
+            "suppress_tokens": None, "begin_suppress_tokens": None, "forced_bos_token_id": None,
+            "forced_eos_token_id": None, "min_length": 0, "min_new_tokens": None, "guidance_scale": None,
+            "sequence_bias": None, "exponential_decay_length_penalty": None, "length_penalty": 1.0}
 
 
 class HFGenerator:
@@ -28,6 +48,13 @@ class HFGenerator:
         self.top_k = top_k
         self.batch_size = batch_size
         self.dtype = dtype
+        if not temperature > 0:
+            raise ValueError(f"HFGenerator samples: temperature must be > 0, got {temperature} "
+                             "(set generator.temperature / evaluation.temperature)")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"HFGenerator: top_p must lie in (0, 1], got {top_p} (generator.top_p / evaluation.top_p)")
+        if top_k < 0:
+            raise ValueError(f"HFGenerator: top_k must be >= 0 (0 = off), got {top_k} (generator.top_k)")
 
     def identity(self, pool) -> str:
         return pool.resolve(self.model_name).identity
@@ -39,8 +66,23 @@ class HFGenerator:
                              seed, self.identity(pool), source, desc, journal=journal)
 
     def sampling_params(self) -> dict:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": self.top_k, "dtype": self.dtype}
+        """What the samples depend on (cache keys). ``model_defaults: ignored``: samples do not read
+        the model's generation_config (records sampled when they did are not reused)."""
+        return {**self.distribution(), "dtype": self.dtype, "model_defaults": "ignored"}
+
+    def distribution(self) -> dict:
+        """The sampling parameters recorded on every candidate (``Candidate.sampling``)."""
+        return {"temperature": float(self.temperature), "top_p": float(self.top_p), "top_k": int(self.top_k),
+                "max_new_tokens": int(self.max_new_tokens)}
+
+    def generation_config(self, tokenizer, eos_ids: list[int]):
+        """A clean GenerationConfig: this generator's settings, every other processor off."""
+        from transformers import GenerationConfig
+
+        return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                max_new_tokens=self.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=eos_ids, **{k: v for k, v in _NEUTRAL.items() if v is not None
+                                                         and k not in ("temperature", "top_p", "top_k")})
 
     @torch.no_grad()
     def generate(self, model, tokenizer, prompts: list[Prompt], k: int | None = None, seed: int = 0,
@@ -52,6 +94,9 @@ class HFGenerator:
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token")
         device = next(model.parameters()).device
+        config = self.generation_config(tokenizer, list(eos_ids))
+        sampling = self.distribution()
+        _report_ignored(model, model_id or self.model_name)
         out: list[Candidate] = []
         bar = tqdm(total=len(jobs), desc=desc, unit="sample")
         for b, s in enumerate(range(0, len(jobs), self.batch_size)):
@@ -66,12 +111,9 @@ class HFGenerator:
                                           tokenizer.pad_token_id)
             width = input_ids.shape[1]
             torch.manual_seed(seed * 1_000_003 + b)
-            gen = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attn.to(device), do_sample=True,
-                temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None,
-                max_new_tokens=self.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=list(eos_ids),
-            )
+            with _only(model, config):
+                gen = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device),
+                                     generation_config=config)
             new = gen[:, width:].cpu()
             made = []
             for r, (p, i) in enumerate(batch):
@@ -82,10 +124,39 @@ class HFGenerator:
                         n, finished = t + 1, True
                         break
                 text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
-                made.append(Candidate(p.id, i, text, n, finished, model_id, source))
+                made.append(Candidate(p.id, i, text, n, finished, model_id, source, token_ids=ids[:n],
+                                      sampling=dict(sampling)))
             if journal is not None:
                 journal.append(b, items, [c.to_dict() for c in made])
             out += made
             bar.update(len(batch))
         bar.close()
         return out
+
+
+@contextmanager
+def _only(model, config):
+    """``model.generate`` fills every setting left unset from ``model.generation_config``: swap that
+    for the clean one while sampling (on the base model under a PEFT wrapper)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved, lm.generation_config = lm.generation_config, config
+    try:
+        yield
+    finally:
+        lm.generation_config = saved
+
+
+_reported: set[str] = set()
+
+
+def _report_ignored(model, name: str) -> None:
+    """Log once per model the sampling settings its saved generation_config has that are not used."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own = getattr(lm, "generation_config", None)
+    if own is None or name in _reported:
+        return
+    _reported.add(name)
+    ignored = {k: v for k, neutral in _NEUTRAL.items() if (v := getattr(own, k, None)) not in (None, neutral)}
+    if ignored:
+        log.info("%s: its generation_config sets %s; sampling ignores them and uses only the generator's "
+                 "temperature / top_p / top_k", name, ignored)
