@@ -161,12 +161,74 @@ def test_every_optimizer_trains_inside_the_pipeline(optimizer, base, tiny_model,
     assert math.isfinite(s["eval/kl"])
 
 
-def test_distilled_rlaif_trains_a_reward_model_on_the_judges_pairs(base, tiny_model, tmp_path):
+class JudgeCalls:
+    """Every call that reaches a judge (the real one: the methods below only count, then call through),
+    and whether it came while the pipeline's training stage ran."""
+
+    def __init__(self, monkeypatch):
+        import rlaif.pipeline as pipeline
+        from rlaif.judges.base import Judge
+
+        self.calls: list[dict] = []
+        self.training = False
+        train_stage = pipeline._train_stage
+
+        def counted_train_stage(*args, **kwargs):
+            self.training = True
+            try:
+                return train_stage(*args, **kwargs)
+            finally:
+                self.training = False
+
+        monkeypatch.setattr(pipeline, "_train_stage", counted_train_stage)
+        for method in ("scored", "prefer"):
+            monkeypatch.setattr(Judge, method, self._counting(method, getattr(Judge, method)))
+
+    def _counting(self, method, fn):
+        def counted(judge, prompts, *texts):
+            self.calls.append({"judge": type(judge).__name__, "method": method, "training": self.training,
+                               "prompt_ids": [p.id for p in prompts], "texts": texts})
+            return fn(judge, prompts, *texts)
+        return counted
+
+    def during_training(self, judge: str | None = None, method: str | None = None) -> list[dict]:
+        return [c for c in self.calls if c["training"] and judge in (None, c["judge"])
+                and method in (None, c["method"])]
+
+
+def test_distilled_rlaif_trains_a_reward_model_on_the_judges_pairs(base, tiny_model, tmp_path, monkeypatch):
+    judged = JudgeCalls(monkeypatch)
     cfg = compose_config(base + ["optimizer=grpo", "optimizer.learning_rate=1e-3", *TINY["grpo"],
                                  "optimizer.reward_source=reward_model", "reward_model.epochs=1",
                                  "reward_model.batch_size=4", "reward_model.eval_fraction=0"])
     out = tmp_path / "run"
     s = run(cfg, output_dir=out)
-    assert "reward_model/loss" in s or any(k.startswith("reward_model/") for k in s)
-    assert s["train/judge_calls"] > 0  # the reward model, not the judge, scored the online samples
+    assert s["reward_model/num_train_pairs"] > 0 and math.isfinite(s["reward_model/loss"])
+    # The run's judge labelled the candidates before training ...
+    assert any(c["judge"] == "ContrastiveJudge" and not c["training"] for c in judged.calls)
+    # ... and was never asked during training: the reward model scored every online sample.
+    assert [c["judge"] for c in judged.during_training()] == ["RewardModelJudge"] * len(judged.during_training())
+    scored = sum(len(c["prompt_ids"]) for c in judged.during_training("RewardModelJudge", "scored"))
+    assert scored == s["train/judge_calls"] > 0
     assert "time/reward_model_s" in s
+
+
+def test_online_optimizer_with_a_pairwise_judge_against_reference_samples(base, tiny_model, tmp_path, monkeypatch):
+    """optimizer.reward_reference=reference_policy: each online sample is compared by the pairwise
+    judge with the reference policy's first candidate for its prompt."""
+    judged = JudgeCalls(monkeypatch)
+    cfg = compose_config(base + ["optimizer=grpo", "optimizer.learning_rate=1e-3", *TINY["grpo"], "judge=pairwise",
+                                 "optimizer.reward_reference=reference_policy"])
+    out = tmp_path / "run"
+    s = run(cfg, output_dir=out)
+    cands = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    reference = {c["prompt_id"]: c["text"] for c in cands if c["index"] == 0}
+    calls = judged.during_training("PairwiseJudge", "prefer")
+    assert calls and judged.during_training() == calls  # the pairwise judge gave every training reward
+    for c in calls:
+        samples, refs = c["texts"]
+        assert list(refs) == [reference[pid] for pid in c["prompt_ids"]]
+        assert len(samples) == len(refs)
+    assert sum(len(c["prompt_ids"]) for c in calls) == s["train/judge_calls"] > 0
+    before, after = _weights(Path(tiny_model)), _weights(out / "policy")
+    assert any((before[k] - after[k]).abs().max() > 0 for k in before), "the policy did not change"
