@@ -279,14 +279,79 @@ def test_completion_lengths_stop_at_the_first_eos():
 # -- configs ----------------------------------------------------------------------------------------
 PIPELINE_KEYS = {"_target_", "name", "reward_source", "reward_reference"}  # read by the pipeline, not the optimizer
 
+# our key -> the field of TRL's config (the trainer's ``args``) it must arrive in
+TRL_FIELDS = {
+    "learning_rate": "learning_rate", "batch_size": "per_device_train_batch_size",
+    "grad_accum": "gradient_accumulation_steps", "epochs": "num_train_epochs", "max_steps": "max_steps",
+    "beta": "beta", "temperature": "temperature", "lr_scheduler": "lr_scheduler_type", "warmup_ratio": "warmup_steps",
+    "max_grad_norm": "max_grad_norm", "gradient_checkpointing": "gradient_checkpointing",
+    "logging_steps": "logging_steps", "loss_type": "loss_type",
+    # GRPO / RLOO
+    "num_generations": "num_generations", "epsilon": "epsilon", "num_iterations": "num_iterations",
+    "max_new_tokens": "max_completion_length", "mask_truncated_completions": "mask_truncated_completions",
+    "scale_rewards": "scale_rewards", "normalize_advantages": "normalize_advantages",
+    # online DPO
+    "max_length": "max_length", "missing_eos_penalty": "missing_eos_penalty",
+}
+OWN_FIELDS = {"online_dpo": {"max_new_tokens": "max_new_tokens"}}  # where a trainer names a field its own way
+# Values unlike both our defaults and TRL's, so a key that never reached TRL shows. Small enough
+# for one optimizer step on the tiny model.
+GROUP = dict(learning_rate=3e-3, num_generations=2, batch_size=4, grad_accum=2, epochs=3, max_steps=1, beta=0.07,
+             epsilon=0.3, num_iterations=2, temperature=0.9, max_new_tokens=5, lr_scheduler="cosine",
+             warmup_ratio=0.25, max_grad_norm=0.7, mask_truncated_completions=True, gradient_checkpointing=True,
+             logging_steps=2, mixed_precision="no", save_steps=4)
+TEST_VALUES = {
+    "grpo": {**GROUP, "loss_type": "bnpo", "scale_rewards": "batch"},
+    "rloo": {**GROUP, "normalize_advantages": True, "lora": {"enabled": True, "r": 2, "alpha": 4,
+                                                               "target_modules": "all-linear"}},
+    "online_dpo": dict(learning_rate=3e-3, batch_size=2, grad_accum=2, epochs=3, max_steps=1, beta=0.07,
+                       loss_type="ipo", max_new_tokens=5, max_length=100, temperature=0.9, missing_eos_penalty=0.5,
+                       lr_scheduler="cosine", warmup_ratio=0.25, max_grad_norm=0.7, gradient_checkpointing=True,
+                       logging_steps=2, mixed_precision="no", save_steps=4),
+}
+
+
+@pytest.fixture
+def started_trainers(monkeypatch) -> list:
+    """Every transformers/TRL trainer whose ``train()`` runs in the test (counted, then run as is)."""
+    from transformers import Trainer
+
+    seen: list = []
+    train = Trainer.train
+
+    def counted(self, *args, **kwargs):
+        seen.append(self)
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", counted)
+    return seen
+
+
+def plain(value):
+    value = getattr(value, "value", value)  # enums (lr_scheduler_type) by their name
+    return value[0] if isinstance(value, list) and len(value) == 1 else value  # online DPO's beta list
+
 
 @pytest.mark.parametrize(("option", "cls"), [("grpo", GRPOOptimizer), ("rloo", RLOOOptimizer),
                                              ("online_dpo", OnlineDPOOptimizer)])
-def test_config_keys_reach_the_optimizer(option, cls):
+def test_config_keys_reach_the_trl_trainer(option, cls, tiny_model, tmp_path, started_trainers):
     cfg = OmegaConf.to_container(OmegaConf.load(conf_dir() / "optimizer" / f"{option}.yaml"))
     assert cfg["_target_"] == f"rlaif.optimizers.{cls.__name__}" and cfg["name"] == cls.name == option
-    opt = cls(**{k: v for k, v in cfg.items() if k != "_target_"})
-    for key, value in cfg.items():
-        if key not in PIPELINE_KEYS:
-            assert getattr(opt, key) == value, f"optimizer.{key} is not used"
-    assert opt.needs_reward and not opt.needs_pairs
+    handled = set(TRL_FIELDS) | PIPELINE_KEYS | {"dtype", "mixed_precision", "lora", "save_steps"}
+    assert set(cfg) <= handled, f"no check says where optimizer.{set(cfg) - handled} goes"
+    values = {**cfg, **TEST_VALUES[option]}
+    ctx = TrainContext(policy_path=tiny_model, output_dir=tmp_path / "out", seed=0, prompts=make_prompts(),
+                       reward=letter_share, max_new_tokens=MAX_NEW, temperature=1.0, checkpoint_dir=tmp_path / "ckpt")
+    cls(**{k: v for k, v in values.items() if k != "_target_"}).train(ctx)
+
+    (trainer,) = started_trainers
+    args, fields = trainer.args, {**TRL_FIELDS, **OWN_FIELDS.get(option, {})}
+    for key in set(cfg) & set(fields):
+        got = plain(getattr(args, fields[key]))
+        assert got == pytest.approx(values[key]) if isinstance(got, float) else got == values[key], \
+            f"optimizer.{key}={values[key]!r} reached TRL as {fields[key]}={got!r}"
+    assert not args.bf16 and not args.fp16  # mixed_precision: "no"
+    assert args.save_steps == 4 and plain(args.save_strategy) == "steps"
+    assert hasattr(trainer.model, "peft_config") == bool(values.get("lora", {}).get("enabled"))
+    assert next(trainer.model.parameters()).dtype == torch.float32  # dtype: auto trains float32 weights
+    assert trainer.state.global_step == 1
