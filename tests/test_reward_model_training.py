@@ -7,6 +7,7 @@ import math
 import random
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoTokenizer
 
@@ -107,13 +108,50 @@ def test_no_pairs_is_an_error(tiny_model, tmp_path):
         RewardModelTrainer().train(tiny_model, [], tmp_path / "rm", seed=0)
 
 
-def test_config_keys_reach_the_trainer():
+# our key -> the field of TRL's RewardConfig (the trainer's ``args``) it must arrive in
+TRL_FIELDS = {"learning_rate": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+              "grad_accum": "gradient_accumulation_steps", "max_length": "max_length",
+              "center_rewards_coefficient": "center_rewards_coefficient", "lr_scheduler": "lr_scheduler_type",
+              "warmup_ratio": "warmup_steps", "max_grad_norm": "max_grad_norm",
+              "gradient_checkpointing": "gradient_checkpointing", "logging_steps": "logging_steps",
+              "save_steps": "save_steps"}
+# values unlike both our defaults and TRL's
+TEST_VALUES = dict(learning_rate=3e-3, epochs=2, batch_size=3, grad_accum=2, max_length=90, eval_fraction=0.3,
+                   min_eval_pairs=2, center_rewards_coefficient=0.05, lr_scheduler="cosine", warmup_ratio=0.25,
+                   max_grad_norm=0.7, gradient_checkpointing=True, logging_steps=2, save_steps=4, mixed_precision="no",
+                   lora={"enabled": True, "r": 2, "alpha": 4, "target_modules": "all-linear"})
+
+
+def test_config_keys_reach_the_trl_trainer(tiny_model, tmp_path, monkeypatch):
+    from transformers import Trainer
+
     cfg = OmegaConf.to_container(OmegaConf.load(conf_dir() / "reward_model" / "default.yaml"))
     assert cfg["_target_"] == "rlaif.optimizers.reward_model.RewardModelTrainer"
-    trainer = RewardModelTrainer(**{k: v for k, v in cfg.items() if k != "_target_"})
-    for key, value in cfg.items():
-        if key not in {"_target_", "judge_dtype", "judge_batch_size"}:  # the last two are read by the pipeline
-            assert getattr(trainer, key) == value, f"reward_model.{key} is not used"
+    handled = set(TRL_FIELDS) | {"_target_", "eval_fraction", "min_eval_pairs", "dtype", "mixed_precision", "lora",
+                                 "judge_dtype", "judge_batch_size"}  # the last two are read by the pipeline
+    assert set(cfg) <= handled, f"no check says where reward_model.{set(cfg) - handled} goes"
+    started, train = [], Trainer.train
+
+    def counted(self, *args, **kwargs):  # the trainer that runs, then its real train()
+        started.append(self)
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", counted)
+    values = {**cfg, **TEST_VALUES}
+    RewardModelTrainer(**{k: v for k, v in values.items() if k != "_target_"}).train(
+        tiny_model, make_pairs(10), tmp_path / "rm", seed=0, checkpoint_dir=tmp_path / "ckpt")
+
+    (trainer,) = started
+    for key, field in TRL_FIELDS.items():
+        got = getattr(trainer.args, field)
+        got = getattr(got, "value", got)  # enums by their name
+        assert got == pytest.approx(values[key]) if isinstance(got, float) else got == values[key], \
+            f"reward_model.{key}={values[key]!r} reached TRL as {field}={got!r}"
+    assert trainer.args.per_device_eval_batch_size == values["batch_size"]
+    assert len(trainer.eval_dataset) == 3  # eval_fraction 0.3 of 10 prompts (one pair each), >= min_eval_pairs
+    assert not trainer.args.bf16 and not trainer.args.fp16  # mixed_precision: "no"
+    assert hasattr(trainer.model, "peft_config")  # lora.enabled
+    assert next(trainer.model.parameters()).dtype == torch.float32  # dtype: auto trains float32 weights
 
 
 _RESUMABLE = dict(learning_rate=1e-3, epochs=2, batch_size=4, eval_fraction=0.2, save_steps=1)
