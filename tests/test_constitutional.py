@@ -112,13 +112,54 @@ def test_clean_revision_strips_labels():
     assert clean_revision("Revision is key") == "Revision is key"
 
 
-def test_config_keys_reach_the_optimizer():
+# our key -> the field of TRL's SFTConfig (the trainer's ``args``) it must arrive in
+TRL_FIELDS = {"learning_rate": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+              "grad_accum": "gradient_accumulation_steps", "max_length": "max_length",
+              "lr_scheduler": "lr_scheduler_type", "warmup_ratio": "warmup_steps", "max_grad_norm": "max_grad_norm",
+              "gradient_checkpointing": "gradient_checkpointing", "logging_steps": "logging_steps",
+              "save_steps": "save_steps"}
+# the revision stage's sampling settings (read from the optimizer while it samples)
+SAMPLING = {"critique_request", "revision_request", "response_max_new_tokens", "critique_max_new_tokens",
+            "revision_max_new_tokens", "temperature", "generation_batch_size"}
+TEST_VALUES = dict(learning_rate=3e-3, epochs=2, batch_size=3, grad_accum=2, max_length=90, lr_scheduler="cosine",
+                   warmup_ratio=0.25, max_grad_norm=0.7, gradient_checkpointing=True, logging_steps=2, save_steps=4,
+                   mixed_precision="no", num_revisions=2, critique_max_new_tokens=6, generation_batch_size=4,
+                   lora={"enabled": True, "r": 2, "alpha": 4, "target_modules": "all-linear"})
+
+
+def test_config_keys_reach_the_trl_trainer(tiny_model, tmp_path, monkeypatch):
+    from transformers import Trainer
+
     cfg = OmegaConf.to_container(OmegaConf.load(conf_dir() / "optimizer" / "cai_sft.yaml"))
     assert cfg["_target_"] == "rlaif.optimizers.ConstitutionalSFT" and cfg["name"] == ConstitutionalSFT.name
-    opt = ConstitutionalSFT(**{k: v for k, v in cfg.items() if k != "_target_"})
-    for key, value in cfg.items():
-        if key not in {"_target_", "name"}:
-            assert getattr(opt, key) == value, f"optimizer.{key} is not used"
+    handled = set(TRL_FIELDS) | SAMPLING | {"_target_", "name", "num_revisions", "dtype", "mixed_precision", "lora"}
+    assert set(cfg) <= handled, f"no check says where optimizer.{set(cfg) - handled} goes"
+    started, train = [], Trainer.train
+
+    def counted(self, *args, **kwargs):  # the trainer that runs, then its real train()
+        started.append(self)
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", counted)
+    values = {**cfg, **TEST_VALUES}
+    opt = ConstitutionalSFT(**{k: v for k, v in values.items() if k != "_target_"})
+    ctx = TrainContext(policy_path=tiny_model, output_dir=tmp_path / "out", seed=3, prompts=make_prompts(),
+                       criterion=load_criterion("constitution"), max_new_tokens=8, checkpoint_dir=tmp_path / "ckpt")
+    opt.train(ctx)
+
+    (trainer,) = started
+    for key, field in TRL_FIELDS.items():
+        got = getattr(trainer.args, field)
+        got = getattr(got, "value", got)  # enums by their name
+        assert got == pytest.approx(values[key]) if isinstance(got, float) else got == values[key], \
+            f"optimizer.{key}={values[key]!r} reached TRL as {field}={got!r}"
+    assert not trainer.args.bf16 and not trainer.args.fp16  # mixed_precision: "no"
+    assert hasattr(trainer.model, "peft_config")  # lora.enabled
+    assert next(trainer.model.parameters()).dtype == torch.float32  # dtype: auto trains float32 weights
+    records = read_jsonl(tmp_path / "out" / "revisions.jsonl")
+    assert sorted({r["round"] for r in records}) == [0, 1] and len(records) == 2 * len(ctx.prompts)
+    for key in SAMPLING:
+        assert getattr(opt, key) == values[key], f"optimizer.{key} is not used"
     assert not opt.needs_reward and not opt.needs_pairs
 
 
