@@ -29,6 +29,24 @@ from rlaif.models import EMBEDDED, _find_wheel_or_package, default_cache_dir
 MODEL_ID = "smollm2-135m-instruct"  # --model_alias: the name clients send as "model"
 STARTUP_TIMEOUT_S = 120
 
+# ``python -m llama_cpp.server`` with llama.cpp's extra CPU buffer types (weight repacking for
+# AMX / AVX512 kernels) turned off: a virtual machine can advertise AMX without enabling it, and
+# llama.cpp then dies on its first request with an illegal instruction. The answers are the same
+# computation; only the weight layout differs.
+SERVER_MAIN = (
+    "import sys\n"
+    "import llama_cpp.llama_cpp as llama_cpp\n"
+    "default = llama_cpp.llama_model_default_params\n"
+    "def params():\n"
+    "    p = default()\n"
+    "    p.use_extra_bufts = False\n"
+    "    return p\n"
+    "llama_cpp.llama_model_default_params = params\n"
+    "from llama_cpp.server.__main__ import main\n"
+    "sys.argv[0] = 'llama_cpp.server'\n"
+    "main()\n"
+)
+
 
 def server_missing() -> str | None:
     """Why the server cannot run here, or None."""
@@ -78,7 +96,7 @@ class LlamaServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> LlamaServer:
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--model_alias", MODEL_ID,
+        cmd = [sys.executable, "-c", SERVER_MAIN, "--model", str(embedded_gguf()), "--model_alias", MODEL_ID,
                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2",
                "--verbose", "False"]
         if self.api_key:

@@ -146,6 +146,26 @@ def test_option_logprobs_prefers_the_best_ranked_match():
     assert option_logprobs(top, ["1", "2"]) == [-0.5, None]
 
 
+def test_token_pieces_and_bytes_are_read_as_their_text():
+    top = [{"token": "\u01201", "logprob": -0.3}, {"token": "\u25812", "logprob": -1.5},
+           {"token": None, "bytes": [51], "logprob": -2.5}, {"token": " 4\n", "logprob": -3.0}]
+    assert option_logprobs(top, ["1", "2", "3", "4", "5"]) == [-0.3, -1.5, -2.5, -3.0, None]
+
+
+def test_a_two_way_answer_below_the_cutoff_gets_the_cutoff_as_its_bound():
+    """A pairwise judge's "2" outside the top list (it ranks below all of them) is bounded by the
+    smallest returned log-prob instead of dropping the verdict; with more options nothing is filled."""
+    top = [("The", -1.6), ("1", -2.0), ("You", -2.7), ("Yes", -3.7)]
+    with serving(lambda body, h, n: ok(completion("The", top=top))) as s:
+        b = backend(s.url, top_logprobs=4)
+        assert b.next_token_logprobs([CHAT], ["1", "2"]) == [[-2.0, -3.7]]
+        assert b.last_bounded == [(0, "2")]
+        assert b.next_token_logprobs([CHAT], ["2", "1"]) == [[-3.7, -2.0]]
+        assert b.next_token_logprobs([CHAT], ["1", "2", "3"]) == [[-2.0, None, None]]
+        assert b.last_bounded == []
+        assert b.next_token_logprobs([CHAT], ["A", "B"]) == [[None, None]]  # neither: no answer at all
+
+
 def test_results_come_back_in_input_order_with_bounded_concurrency():
     def respond(body, h, n):
         i = int(body["messages"][0]["content"])
@@ -477,6 +497,26 @@ def test_real_server_pairwise_judge(llama_server):  # noqa: F811
         assert first is not None and second is not None
         assert 0.0 <= first <= 1.0 and 0.0 <= second <= 1.0
     assert judge.backend.accounting()["requests"] == 4  # both orders of both pairs
+
+
+@pytest.mark.integration
+def test_real_server_pairwise_verdict_when_one_answer_is_below_the_cutoff(llama_server):  # noqa: F811
+    """The small model ranks "2" near the 20th token of this chat (in or out of the top 20 by
+    rounding differences between CPUs); with the top 5 it is surely out, and the verdict must
+    still come back, from "1"'s log-prob and the cut-off."""
+    from omegaconf import OmegaConf
+
+    from rlaif.config import conf_dir
+
+    crit = Criterion.from_config(OmegaConf.load(conf_dir() / "criteria" / "positive_sentiment.yaml"))
+    judge = PairwiseJudge(crit, api={"base_url": llama_server, "api_key_env": None, "top_logprobs": 5},
+                          model=MODEL_ID)
+    task = "Continue this movie review: The film"
+    p = Prompt("0", task, [{"role": "user", "content": task}], "audit")
+    [(first, second)] = judge.compare([p], ["is a joy."], ["is a bore."])
+    assert judge.backend.last_bounded and {o for _, o in judge.backend.last_bounded} == {"2"}
+    assert first is not None and second is not None and 0.5 < first < 1.0 and 0.0 < second < 0.5
+    assert judge.backend.accounting()["failures"] == 0
 
 
 @pytest.mark.integration

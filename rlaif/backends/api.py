@@ -412,6 +412,10 @@ def plain(obj: Any) -> Any:
     return obj
 
 
+def _finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _int(x: Any) -> int:
     return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else 0
 
@@ -434,6 +438,24 @@ def _top_logprobs(data: dict) -> list[dict]:
     return top
 
 
+_SPACE_MARKERS = str.maketrans({"\u0120": " ", "\u2581": " ", "\u010a": "\n"})  # BPE/SentencePiece pieces
+
+
+def token_text(entry: Mapping) -> str:
+    """A top-logprob entry's token as text, without surrounding whitespace.
+
+    Servers differ: OpenAI and vLLM send the decoded text (" 1"), some llama.cpp builds the raw
+    tokenizer piece ("\u01201", "\u25811") or only ``bytes``; all of these are the same answer "1".
+    """
+    tok = entry.get("token")
+    raw = entry.get("bytes")
+    if not isinstance(tok, str) and isinstance(raw, list) and all(isinstance(b, int) and 0 <= b < 256 for b in raw):
+        tok = bytes(raw).decode("utf-8", errors="replace")
+    if not isinstance(tok, str):
+        raise TypeError(f"a top-logprob entry's token is {type(tok).__name__}, not text")
+    return tok.translate(_SPACE_MARKERS).strip()
+
+
 def option_logprobs(top: list[dict], options: Sequence[str]) -> list[float | None]:
     """For each option, the log-prob of the best-ranked top-logprob token equal to it once stripped.
 
@@ -442,15 +464,16 @@ def option_logprobs(top: list[dict], options: Sequence[str]) -> list[float | Non
     whose log-prob is not a number <= 0 raises ValueError: the response is garbage, and the request
     counts as failed.
     """
+    texts = [token_text(entry) for entry in top]
     out: list[float | None] = []
     for option in options:
         best = None
-        for entry in top:
-            if str(entry["token"]).strip() == option.strip():
+        for entry, text in zip(top, texts, strict=True):
+            if text == option.strip():
                 lp = entry["logprob"]
                 if isinstance(lp, bool) or not isinstance(lp, (int, float)) or math.isnan(lp) or lp > 1e-4:
-                    raise ValueError(f"the server gave log-prob {lp!r} for token {entry['token']!r}; a log-prob is a "
-                                     "number <= 0")
+                    raise ValueError(f"the server gave log-prob {lp!r} for token {entry.get('token')!r}; a log-prob "
+                                     "is a number <= 0")
                 lp = min(float(lp), 0.0)
                 if math.isfinite(lp) and (best is None or lp > best):
                     best = lp
@@ -472,6 +495,7 @@ class APIBackend:
             raise ValueError(f"top_logprobs must be in [1, 20] (the OpenAI limit), got {top_logprobs}")
         self.model_name = str(model)
         self.top_logprobs = int(top_logprobs)
+        self.last_bounded: list[tuple[int, str]] = []
         self.extra_body = plain(extra_body or {})
         self.client = ChatClient(base_url, api_key_env, max_concurrency, timeout_s, max_retries, backoff_s,
                                  price_per_1k_prompt, price_per_1k_completion, requests_per_minute,
@@ -497,7 +521,12 @@ class APIBackend:
         """log p(option | chat) for each option, from the server's top log-probs of the first token.
 
         An entry is None when the request failed or the option is not among the top
-        ``top_logprobs`` tokens the server returned.
+        ``top_logprobs`` tokens the server returned -- except in a two-way choice (a pairwise
+        verdict) where one option is in the list and the other is not: the missing one then ranks
+        below every returned token, so it gets the list's smallest log-prob, an upper bound on its
+        own. The verdict is then the least confident one the answer allows, where None would drop
+        a clear answer (a small model's "2" often sits near the 20th place, in or out by rounding
+        differences between CPUs). ``last_bounded`` lists the (item, option) pairs so filled.
         """
         if assistant_prefix:
             raise BackendUnsupported(
@@ -505,10 +534,27 @@ class APIBackend:
                 "APIs have no portable prefill; use a local model (judge.model) for this judge")
         bodies = [self._body(c, max_tokens=1, temperature=0, logprobs=True, top_logprobs=self.top_logprobs)
                   for c in chats]
-        # parsed inside the request, so a garbage log-prob counts as a failed request
-        res = self.client.map("chat/completions", bodies, lambda d: option_logprobs(_top_logprobs(d), options),
-                              what="log-prob requests")
-        return [[None] * len(options) if lps is None else lps for lps in res]
+
+        def parse(d: dict):  # inside the request, so a garbage log-prob counts as a failed request
+            top = _top_logprobs(d)
+            lps = option_logprobs(top, options)
+            cut = min((float(e["logprob"]) for e in top if _finite_number(e.get("logprob"))), default=None)
+            return lps, cut
+
+        res = self.client.map("chat/completions", bodies, parse, what="log-prob requests")
+        out, self.last_bounded = [], []
+        for i, r in enumerate(res):
+            if r is None:
+                out.append([None] * len(options))
+                continue
+            lps, cut = r
+            missing = [k for k, lp in enumerate(lps) if lp is None]
+            if len(options) == 2 and len(missing) == 1 and cut is not None:
+                lps = list(lps)
+                lps[missing[0]] = cut
+                self.last_bounded.append((i, options[missing[0]]))
+            out.append(lps)
+        return out
 
     def generate(self, chats: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
                  seed: int = 0) -> list[str | None]:
