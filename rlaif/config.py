@@ -150,6 +150,8 @@ def _check_dpo(c: _Checker, at: str, loss_types) -> None:
     c.need(f"{at}.beta", "number", low=0, low_open=True)
     c.need(f"{at}.loss_type", "str", choices=loss_types)
     c.need(f"{at}.label_smoothing", "number", low=0, high=0.5)
+    if c.get(f"{at}.label_smoothing") == 0.5:  # cDPO's loss has no preference left to learn at 0.5
+        c.errors.append(f"{at}.label_smoothing: 0.5 must be < 0.5 (a label-noise rate of 0.5 leaves no preference)")
     c.need(f"{at}.learning_rate", "number", low=0, low_open=True)
     c.need(f"{at}.epochs", "number", low=0, low_open=True)
     c.need(f"{at}.batch_size", "int", low=1)

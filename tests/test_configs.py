@@ -157,6 +157,7 @@ def test_override_syntax_error_is_a_config_error():
     ("generator.dtype=float64", "generator.dtype"),
     ("optimizer.loss_type=nope", "optimizer.loss_type"),
     ("optimizer.label_smoothing=0.7", "optimizer.label_smoothing"),
+    ("optimizer.label_smoothing=0.5", "optimizer.label_smoothing"),
     ("data.template=no-placeholder", "data.template"),
     ("data.num_eval=0", "data.num_eval"),
     ("cache.enabled=maybe", "cache.enabled"),
