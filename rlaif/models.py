@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from rlaif.io import give_plain_modes
+
 log = logging.getLogger(__name__)
 
 
@@ -173,6 +175,7 @@ def _safetensors_folder(folder: Path, cache: Path, allow_pickle: bool) -> Path:
             for f in folder.iterdir():  # tokenizer files, chat template
                 if f.is_file() and f.suffix in {".json", ".txt", ".model", ".jinja"} and not (out / f.name).exists():
                     shutil.copyfile(f, out / f.name)
+            give_plain_modes(out)  # safetensors writes 0600; the cache is shared like any other file
             os.rename(out, target)
     return target
 
@@ -270,6 +273,7 @@ def _embedded_folder(name: str, spec: EmbeddedModel, cache: Path) -> Path:
                 json.dumps({"name": name, "package": spec.package, "version": spec.version,
                             "gguf": spec.gguf, "gguf_sha256": sha, "hub_id": spec.hub_id}, indent=2)
             )
+            give_plain_modes(out)  # safetensors writes 0600; the cache is shared like any other file
             if target.exists():
                 shutil.rmtree(target)
             os.rename(out, target)

@@ -160,3 +160,7 @@ def test_two_processes_converting_the_embedded_model_at_once(tmp_path):
 
     assert AutoConfig.from_pretrained(folder).num_hidden_layers == 30
     assert not hasattr(AutoConfig.from_pretrained(folder), "quantization_config")
+    from rlaif.io import plain_mode
+
+    for f in [folder, *folder.iterdir()]:  # a shared cache: readable like any plain write (safetensors makes 0600)
+        assert f.stat().st_mode & 0o777 == plain_mode(is_dir=f.is_dir()), f
