@@ -138,7 +138,9 @@ def test_a_judge_server_that_dies_mid_run_stops_it_and_the_rerun_asks_only_what_
                                                 "journal.chunk_prompts=1", "diagnostics.probe_items=0",
                                                 "tracker=none"])
 
-    whole = run(cfg("cache-whole"), output_dir=tmp_path / "whole")  # the uninterrupted run
+    with monkeypatch.context() as mp:
+        wire0 = Wire(mp)
+        whole = run(cfg("cache-whole"), output_dir=tmp_path / "whole")  # the uninterrupted run
     expected = _records(tmp_path / "whole", "judgments", "verdicts")
 
     with monkeypatch.context() as mp:
@@ -157,8 +159,9 @@ def test_a_judge_server_that_dies_mid_run_stops_it_and_the_rerun_asks_only_what_
         wire2 = Wire(mp)
         again = run(cfg("cache-cut"), output_dir=tmp_path / "cut")
     assert wire2.sent and not wire2.failed
-    assert set(wire2.sent) <= set(wire.failed)  # only requests that had failed are sent again ...
-    assert not set(wire2.sent) & set(wire.answered)  # ... never one that was answered
+    assert not set(wire2.sent) & set(wire.answered)  # an answered request is never sent again ...
+    # ... and the rest is what the uninterrupted run asked (the failed judge requests, then evaluation)
+    assert set(wire2.sent) == set(wire0.sent) - set(wire.answered)
     got = _records(tmp_path / "cut", "judgments", "verdicts")
     assert got == expected
     assert again["judge/api_requests"] == whole["judge/api_requests"]  # every attempt's spend, counted once
