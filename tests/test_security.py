@@ -1,9 +1,15 @@
 """Security: secrets never reach a file, W&B or a log; code shipped with a model or a pickle never
 runs unless the user opts in; prompt files are data and are never evaluated.
 
-Real parts throughout: a whole tiny pipeline run with W&B offline and its judge served by an
-OpenAI-compatible HTTP server on 127.0.0.1, the ``rlaif`` command in a subprocess (with Hydra's
-own ``.hydra/`` files), and model folders whose code or pickle would leave a marker file if run.
+Real parts: a whole tiny pipeline run with W&B offline whose judge is served by llama.cpp's
+OpenAI-compatible server on 127.0.0.1, started with ``--api_key`` so that it refuses requests
+without the key (skipped where llama-cpp-python's server is not installed); the ``rlaif`` command
+in a subprocess (with Hydra's own ``.hydra/`` files); model folders whose code or pickle would leave
+a marker file if run. Between the run and the server sits a small forwarding proxy that records
+what went over the wire (the texts and headers the judge sent); it changes nothing. An error page
+that echoes the credentials it received is a behaviour the real server cannot produce: that case
+is tested against a canned server in tests/test_api.py (test_api_key_is_sent_and_never_shown,
+test_credentials_in_base_url_are_basic_auth_and_shown_nowhere).
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ import pickle
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import compose_config
-from test_api import completion, ok, serving
+from llama_server import MODEL_ID, LlamaServer, require_server
 
 import rlaif
 from rlaif.config import ConfigError, validate
@@ -136,22 +144,60 @@ def hostile_file(tmp_path: Path) -> tuple[Path, list[str], Path]:
     return path, texts, marker
 
 
+class RecordingProxy:
+    """Forwards every POST to ``upstream`` unchanged and records its JSON body and headers."""
+
+    def __init__(self, upstream: str):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        proxy = self
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        origin = upstream.split("/v1")[0]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy.requests.append(json.loads(raw or b"{}"))
+                proxy.headers.append(dict(self.headers))
+                sent = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+                resp = httpx.post(origin + self.path, content=raw, headers=sent, timeout=120)
+                self.send_response(resp.status_code)
+                self.send_header("Content-Type", resp.headers.get("content-type", "application/json"))
+                self.send_header("Content-Length", str(len(resp.content)))
+                self.end_headers()
+                self.wfile.write(resp.content)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 @pytest.fixture(scope="module")
 def secret_run(tiny_model, tmp_path_factory):
-    """One tiny run: pairwise judge over HTTP with the key in the environment, a password in a URL
-    of the config and of the command line, hostile prompt texts, W&B offline, logs to a file."""
+    """One tiny run: pairwise judge over HTTP with the key in the environment (the server requires
+    it), a password in the judge's base_url on the command line, hostile prompt texts, W&B offline,
+    logs to a file."""
     from _pytest.monkeypatch import MonkeyPatch
 
     from rlaif.pipeline import run
 
+    require_server()
     tmp = tmp_path_factory.mktemp("secret-run")
     data, texts, marker = hostile_file(tmp)
-
-    def respond(body, headers, n):
-        if n < 2:  # the first request and its retry: an error page echoing the credentials it received
-            return ok({"error": f"denied: you sent {headers.get('Authorization')}"}, status=500)
-        return ok(completion("1", top=[("1", -0.4), ("2", -1.1)]))
-
+    server = LlamaServer(tmp, api_key=ENV_KEY).start()
     mp = MonkeyPatch()
     log_file = tmp / "all.log"
     handler = logging.FileHandler(log_file, encoding="utf-8")
@@ -159,17 +205,19 @@ def secret_run(tiny_model, tmp_path_factory):
     root = logging.getLogger()
     old_level = root.level
     try:
-        with serving(respond) as server:
+        unauthorised = httpx.post(f"{server.base_url}/chat/completions", timeout=60,
+                                  json={"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]})
+        with RecordingProxy(server.base_url) as proxy:
             mp.setenv("RLAIF_TEST_SECRET_KEY", ENV_KEY)
-            api = (f'{{base_url: "{server.url}", api_key_env: RLAIF_TEST_SECRET_KEY, max_retries: 1, '
-                   f'backoff_s: 0.01, max_concurrency: 1, '
-                   f'extra_body: {{callback: "https://rlaif:{URL_SECRET}@hooks.example.com/x"}}}}')
+            api = (f'{{base_url: "http://rlaif:{URL_SECRET}@127.0.0.1:{proxy.port}/v1", '
+                   f'api_key_env: RLAIF_TEST_SECRET_KEY, max_retries: 1, backoff_s: 0.01, max_concurrency: 1}}')
             overrides = [f"policy.model={tiny_model}", f"cache.dir={tmp / 'cache'}", f"data.path={data}",
                          "data.template='Continue this movie review: {text}'", "data.num_train=4",
                          "data.num_eval=2", "generator.num_candidates=2", "generator.max_new_tokens=6",
-                         "generator.dtype=float32", "judge=pairwise", f"judge.api={api}", "judge.dtype=float32",
-                         "optimizer.epochs=1", "optimizer.batch_size=4", "optimizer.mixed_precision=no",
-                         "evaluation.samples_per_prompt=1", "diagnostics.probe_items=0", "tracker=wandb"]
+                         "generator.dtype=float32", "judge=pairwise", f"judge.model={MODEL_ID}", f"judge.api={api}",
+                         "judge.dtype=float32", "optimizer.epochs=1", "optimizer.batch_size=4",
+                         "optimizer.mixed_precision=no", "evaluation.samples_per_prompt=1",
+                         "diagnostics.probe_items=0", "tracker=wandb"]
             mp.setattr(sys, "argv", ["rlaif", *overrides])  # what the CLI would see (W&B records it)
             root.addHandler(handler)
             root.setLevel(logging.DEBUG)
@@ -180,15 +228,18 @@ def secret_run(tiny_model, tmp_path_factory):
         root.setLevel(old_level)
         handler.close()
         mp.undo()
-    return {"tmp": tmp, "out": out, "summary": summary, "server": server, "texts": texts, "marker": marker,
-            "log": log_file}
+        server.stop()
+    return {"tmp": tmp, "out": out, "summary": summary, "server": proxy, "texts": texts, "marker": marker,
+            "log": log_file, "unauthorised": unauthorised.status_code}
 
 
 def test_run_used_the_key_but_wrote_it_nowhere(secret_run, capfd):
     out, tmp = secret_run["out"], secret_run["tmp"]
     auth = [h.get("Authorization") for h in secret_run["server"].headers]
     assert auth and all(a == f"Bearer {ENV_KEY}" for a in auth)  # the key was really used ...
-    assert secret_run["summary"]["judge/api_failures"] >= 1  # ... and an error page echoed it back
+    assert secret_run["unauthorised"] == 401  # ... the server refuses requests without it ...
+    assert secret_run["summary"]["judge/api_failures"] == 0  # ... and took every one of the run's
+    assert 0 < secret_run["summary"]["judge/api_requests"] <= len(auth)  # labelling; evaluation asks too
     assert (out / "wandb").is_dir() and list((out / "wandb").glob("offline-run-*"))
     assert (out / "manifest.json").exists() and (out / "resolved_config.yaml").exists()
     # every file of the run folder, the cache (records, journals, registry) and the full DEBUG log
@@ -202,13 +253,16 @@ def test_redacted_files_still_say_how_the_run_was_configured(secret_run):
     out = secret_run["out"]
     resolved = (out / "resolved_config.yaml").read_text()
     assert "api_key_env: RLAIF_TEST_SECRET_KEY" in resolved  # the variable's name is kept
-    assert "https://***@hooks.example.com/x" in resolved
+    assert "base_url: http://***@127.0.0.1:" in resolved
     assert "max_new_tokens: 6" in resolved and "answer_tokens:" in resolved  # settings are not masked
     manifest = json.loads((out / "manifest.json").read_text())
-    assert any("https://***@hooks.example.com/x" in a for a in manifest["argv"])
+    assert any('judge.api={base_url: "http://***@127.0.0.1:' in a for a in manifest["argv"])
     record = next((out / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
     assert b"judge.api={base_url" in record  # W&B recorded the command line ("args") ...
-    assert b'callback: "https://***@hooks.example.com/x"' in record  # ... redacted
+    assert b'base_url: "http://***@127.0.0.1:' in record  # ... redacted
+    # the judge's identity in the records names the server without the credentials
+    verdicts = [json.loads(x) for x in (out / "verdicts.jsonl").read_text().splitlines()]
+    assert verdicts and {v["judge"] for v in verdicts} == {f"pairwise:{MODEL_ID}"}
 
 
 def test_prompt_texts_reach_records_and_the_judge_verbatim(secret_run):
