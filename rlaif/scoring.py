@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 
 def chat_prefix_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
@@ -56,8 +55,12 @@ def _continuation_logits(model, pad_id: int, prefixes: Sequence[list[int]], cont
     """
     assert len(prefixes) == len(continuations)
     order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]) + len(continuations[i]))
-    for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, leave=False):
+    from rlaif import progress
+
+    bar = progress.bar(len(order), desc or "", "seq", disable=desc is None, leave=False)
+    for s in range(0, len(order), batch_size):
         idx = [i for i in order[s : s + batch_size] if continuations[i]]
+        bar.update(len(order[s : s + batch_size]) - len(idx))  # empty rows need no forward pass
         if not idx:
             continue
         seqs = [list(prefixes[i]) + list(continuations[i]) for i in idx]
@@ -71,6 +74,8 @@ def _continuation_logits(model, pad_id: int, prefixes: Sequence[list[int]], cont
             targets[r, width - c :] = torch.tensor(continuations[i], dtype=torch.long)
             mask[r, width - c :] = True
         yield idx, logits, targets.to(logits.device), mask.to(logits.device)
+        bar.update(len(idx))
+    bar.close()
 
 
 def _token_logprob_sums(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> list[float]:

@@ -276,14 +276,19 @@ def rank_in_chunks(judge: Judge, prompts: list[Prompt], candidates: list[Candida
     start_counts = [(c.requests, c.failures) for c in clients]
     for c in clients:
         c.record_answers(answers)
-    try:
-        for n, start in enumerate(range(0, len(prompts), chunk_prompts)):
-            ps = prompts[start : start + chunk_prompts]
-            cs = [c for p in ps for c in by_prompt.get(p.id, [])]
-            if not cs:
-                continue
+    from rlaif import progress
+
+    groups = []  # (number, prompts, candidates, items, journaled records or None)
+    for n, start in enumerate(range(0, len(prompts), chunk_prompts)):
+        ps = prompts[start : start + chunk_prompts]
+        cs = [c for p in ps for c in by_prompt.get(p.id, [])]
+        if cs:
             items = [[c.prompt_id, c.index] for c in cs]
-            done = journal.lookup(n, items) if journal is not None else None
+            groups.append((n, ps, cs, items, journal.lookup(n, items) if journal is not None else None))
+    bar = progress.bar(sum(len(g[2]) for g in groups), "judge candidates", "cand",
+                       initial=sum(len(g[2]) for g in groups if g[4] is not None))  # resumed groups count as done
+    try:
+        for n, ps, cs, items, done in groups:
             if done is not None:
                 rec = done[0]
             else:
@@ -300,11 +305,13 @@ def rank_in_chunks(judge: Judge, prompts: list[Prompt], candidates: list[Candida
                             if k in spent:
                                 spent[k] += v - replayed.get(k, 0)
                     journal.append(n, items, [rec], spent=spent)
+                bar.update(len(cs))
             judgments += [J.from_dict(d) for d in rec["judgments"]]
             verdicts += [V.from_dict(d) for d in rec["verdicts"]]
             for name, prefs in rec["members"].items():
                 members.setdefault(name, []).extend(prefs)
     finally:
+        bar.close()
         for c in clients:
             c.record_answers(None)
     for c, (requests, failures) in zip(clients, start_counts, strict=True):

@@ -18,7 +18,7 @@ import logging
 import re
 from pathlib import Path
 
-from rlaif import distributed
+from rlaif import distributed, progress
 from rlaif.io import read_jsonl, write_json, write_records
 from rlaif.optimizers.base import TrainContext, lora_config
 from rlaif.optimizers.trl_online import common_args, log_forwarder, resumer, train_resumable, warmup_fraction
@@ -212,5 +212,6 @@ class ConstitutionalSFT:
         fwd = log_forwarder(ctx.log, last, "CAI SFT", "lower optimizer.learning_rate")
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                              peft_config=lora_config(self.lora), callbacks=[c for c in (resume, fwd) if c])
+        progress.attach(trainer, "cai_sft")
         out = train_resumable(trainer, resume, tok, output_dir, last, ctx)
         return {**out, **counts, "train/generated_tokens": float(ctx.counters.get("generated_tokens", 0))}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from rlaif import progress
 from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy
 from rlaif.optimizers.trl_online import warmup_fraction
 from rlaif.precision import mixed_precision as mixed_precision_for
@@ -108,6 +109,7 @@ def train_dpo(opt: DPOOptimizer, model_path: str, pairs: list, output_dir: Path,
     resume = TrainerResume(ctx, last) if saving["save_strategy"] != "no" else None
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                          peft_config=lora_config(opt.lora), callbacks=[c for c in (resume, _Forward()) if c])
+    progress.attach(trainer, "dpo")
     if resume is not None:
         resume.attach(trainer)
     trainer.train(resume_from_checkpoint=resume.resume_from if resume else None)

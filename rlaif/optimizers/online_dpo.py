@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from rlaif import progress
 from rlaif.optimizers.base import TrainContext, lora_config
 from rlaif.optimizers.trl_online import (
     CountingReward,
@@ -161,6 +162,7 @@ class OnlineDPOOptimizer:
                                    model=model, reward_funcs=[reward], args=args, train_dataset=data,
                                    processing_class=tok, peft_config=lora_config(self.lora),
                                    callbacks=[c for c in (resume, fwd) if c])
+        progress.attach(trainer, "online_dpo")
         out = train_resumable(trainer, resume, tok, output_dir, last, ctx, reward)
         out["train/unscorable_pairs"] = float(reward.unscorable_pairs)
         return out

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-from rlaif import distributed
+from rlaif import distributed, progress
 from rlaif.optimizers.trl_online import common_args, log_forwarder, warmup_fraction
 from rlaif.precision import mixed_precision as mixed_precision_for
 from rlaif.precision import training_dtype
@@ -117,6 +117,7 @@ class RewardModelTrainer:
         trainer = RewardTrainer(model=model, args=args, train_dataset=dataset(train_pairs),
                                 eval_dataset=dataset(eval_pairs) if eval_pairs else None, processing_class=tok,
                                 peft_config=_seq_cls_lora(self.lora), callbacks=[c for c in (resume, fwd) if c])
+        progress.attach(trainer, "reward model")
         kept = len(trainer.train_dataset)
         if kept == 0:
             raise ValueError(f"every training pair is longer than reward_model.max_length={self.max_length} tokens")

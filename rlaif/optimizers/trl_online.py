@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from rlaif import progress
 from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy, trl_reward
 from rlaif.precision import mixed_precision as mixed_precision_for
 from rlaif.precision import training_dtype
@@ -268,6 +269,7 @@ class _OnlineBase:
         trainer = trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=data,
                               processing_class=tok, peft_config=lora_config(self.lora),
                               callbacks=[c for c in (resume, fwd) if c])
+        progress.attach(trainer, self.name)
         return train_resumable(trainer, resume, tok, output_dir, last, ctx, reward)
 
 
