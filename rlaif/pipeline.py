@@ -39,7 +39,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rlaif import distributed, precision
+from rlaif import distributed, precision, progress
 from rlaif.cache import StageCache, stable_hash
 from rlaif.config import ConfigError, validate
 from rlaif.criteria import Criterion
@@ -838,7 +838,18 @@ def _evaluate_stage(r: Run, cfg, seed, prompts, policy, policy_dir, trained_id, 
                    "heldout": OmegaConf.to_container(heldout_cfg, resolve=True) if heldout_cfg else None}
     best_of_n = getattr(optimizer, "name", "") == "best_of_n"
 
-    def _evaluate(work: StageWork):  # sampling is journaled; scoring the samples is redone after a kill
+    def _evaluate(work: StageWork):  # sampling and API judges' answers are journaled; the rest is redone
+        heldout = None
+        if heldout_cfg:
+            heldout = instantiate(heldout_cfg, _partial_=True)(
+                criterion=Criterion.from_config(ev.heldout_criteria) if ev.get("heldout_criteria") else criterion,
+                pool=pool)
+        judges = [(judge, "judge.api.max_failed_share"), (reward, "judge.api.max_failed_share"),
+                  (heldout, "evaluation.heldout_judge.api.max_failed_share")]
+        with _answers_journaled(judges, work.scratch / "judge_answers.jsonl"):  # raises before it is cached
+            return _evaluate_with(work, heldout)
+
+    def _evaluate_with(work: StageWork, heldout):
         tok = pool.tokenizer(cfg.policy.model)
         extra: dict[str, Any] = {}
         if best_of_n:  # n fresh reference samples per slot, the judge keeps its favourite
@@ -858,11 +869,6 @@ def _evaluate_stage(r: Run, cfg, seed, prompts, policy, policy_dir, trained_id, 
             pol = eval_gen.generate(pool.model("trained-policy", eval_gen.dtype), tok, prompts, k, eval_seed,
                                     trained_id, "policy", "evaluate: policy", journal=work.journal("policy"))
             pol_model, kl = pool.model("trained-policy", ev.kl_dtype), None
-        heldout = None
-        if heldout_cfg:
-            heldout = instantiate(heldout_cfg, _partial_=True)(
-                criterion=Criterion.from_config(ev.heldout_criteria) if ev.get("heldout_criteria") else criterion,
-                pool=pool)
         samples, m = evaluate(prompts, pol, reference, judge, gold, pol_model,
                               pool.model(cfg.policy.model, ev.kl_dtype), tok, int(ev.kl_batch_size),
                               analytic_kl=kl, heldout_judge=heldout)
@@ -874,12 +880,74 @@ def _evaluate_stage(r: Run, cfg, seed, prompts, policy, policy_dir, trained_id, 
     return metrics, res["eval_samples"]
 
 
+class _Answers:
+    """The answer log and failure count of ``_answers_journaled``'s API clients."""
+
+    def __init__(self, log, clients: list):
+        self.log, self.clients = log, clients
+
+    def failures(self) -> int:
+        return sum(c.failures for c in self.clients)
+
+    def spent(self, accounting, before: dict | None, replayed: dict) -> dict | None:
+        """``spent_since`` plus the answers of earlier attempts served from the log since ``replayed``."""
+        spent = spent_since(accounting, before)
+        if spent is not None:
+            for k, v in self.log.journal.reused_spent.items():
+                if k in spent:
+                    spent[k] += v - replayed.get(k, 0)
+        return spent
+
+
+@contextlib.contextmanager
+def _answers_journaled(judges: list[tuple[Any, str]], path: Path):
+    """The labelling stage's rule (``rank_in_chunks``) for the judge requests of a later stage.
+
+    Each usable answer of the API judges in ``judges`` ((judge or None, config key of its
+    ``max_failed_share``)) is journaled at ``path`` as it arrives and served from there on a rerun,
+    so a rerun sends only the requests that failed. When the body is done, more failures than
+    a judge's ``max_failed_share`` raise ``RequestsFailed``, before the stage's results can be cached.
+    """
+    from rlaif.backends.api import AnswerLog
+    from rlaif.judges.base import api_clients
+
+    clients: list = []
+    for j, setting in judges:
+        for c in api_clients(j) if j is not None else []:
+            if all(c is not x for x, _ in clients):
+                clients.append((c, setting))
+    answers = _Answers(AnswerLog(Journal(path)), [c for c, _ in clients])
+    start = [(c.requests, c.failures) for c, _ in clients]
+    for c, _ in clients:
+        c.record_answers(answers.log)
+    try:
+        yield answers
+    finally:
+        for c, _ in clients:
+            c.record_answers(None)
+    for (c, setting), (requests, failures) in zip(clients, start, strict=True):
+        c.check_failures(c.failures - failures, c.requests - requests, "judge requests", setting)
+
+
 def run_probes(judge, prompts: list[Prompt], pairs: list[PreferencePair], items: int,
                journal: Journal | None = None) -> dict[str, float]:
     """Verbosity, injection and (comparative judges) swap probes on the first preference pairs.
 
     With ``journal``, each finished probe is recorded (with what it cost an API judge), so a rerun
-    after a kill asks the judge only for the probes that had not finished."""
+    after a kill asks the judge only for the probes that had not finished. An API judge's answers
+    are journaled one by one beside it: a probe in which a request failed is not recorded, its
+    rerun sends only the failed requests, and more failures than ``judge.api.max_failed_share``
+    raise ``RequestsFailed`` once every probe was tried."""
+    if journal is None:
+        return _probes(judge, prompts, pairs, items, None, None)
+    from rlaif.judges.base import answers_journal_path
+
+    with _answers_journaled([(judge, "judge.api.max_failed_share")], answers_journal_path(journal)) as answers:
+        return _probes(judge, prompts, pairs, items, journal, answers)
+
+
+def _probes(judge, prompts: list[Prompt], pairs: list[PreferencePair], items: int, journal: Journal | None,
+            answers: _Answers | None) -> dict[str, float]:
     by_id = {p.id: p for p in prompts}
     pairs = pairs[:items]
     ps = [by_id[p.prompt_id] for p in pairs]
@@ -893,10 +961,18 @@ def run_probes(judge, prompts: list[Prompt], pairs: list[PreferencePair], items:
         if done is not None:
             return done[0]
         before = accounting() if accounting is not None else None
+        replayed = dict(answers.log.journal.reused_spent) if answers is not None else {}
+        failed = answers.failures() if answers is not None else 0
         result = {k: _finite_or_none(v) for k, v in fn().items()}
+        if answers is not None and answers.failures() > failed:  # a probe with a failed request is redone
+            return result
         if journal is not None:
-            journal.append(name, items_id, [result], spent=spent_since(accounting, before))
+            spent = (answers.spent(accounting, before, replayed) if answers is not None
+                     else spent_since(accounting, before))
+            journal.append(name, items_id, [result], spent=spent)
         return result
+
+    probe = progress.counted(probe, progress.bar(2 if judge.pointwise else 3, "diagnostics probes", "probe"))
 
     def value(v):
         return float("nan") if v is None else v

@@ -219,3 +219,78 @@ def test_a_dead_generation_server_stops_the_run_and_a_bad_share_is_refused(tiny_
     api = '{base_url: "http://127.0.0.1:9/v1", max_failed_share: half}'
     with pytest.raises(ConfigError, match=r"judge\.api\.max_failed_share: expected a number, got 'half'"):
         run(compose_config(overrides + ["judge=pairwise", f"judge.api={api}"]), output_dir=tmp_path / "bad")
+
+
+def _stage_of_each_request(mp, out) -> dict[str, set[str]]:
+    """The stages (progress.json of run folder ``out``) each request body was sent in."""
+    from rlaif.backends.api import ChatClient
+
+    stages: dict[str, set[str]] = {}
+    post = ChatClient._post_json
+
+    def staged(client, path, body):
+        stage = json.loads((out / "progress.json").read_text())["stage"]
+        stages.setdefault(json.dumps(body, sort_keys=True), set()).add(stage)
+        return post(client, path, body)
+
+    mp.setattr(ChatClient, "_post_json", staged)
+    return stages
+
+
+def test_a_judge_server_that_dies_in_probes_and_in_evaluation_stops_each_and_the_reruns_ask_only_what_failed(
+        tiny_overrides, tmp_path, monkeypatch, restartable_server):
+    from rlaif.backends.api import RequestsFailed
+
+    server = restartable_server
+    api = f'{{base_url: "{server.base_url}", api_key_env: null, max_concurrency: 1, max_retries: 1, backoff_s: 0.01}}'
+
+    def cfg(name):
+        return compose_config(tiny_overrides + [
+            f"cache.dir={tmp_path / name}", "judge=pairwise", f"judge.model={MODEL_ID}", f"judge.api={api}",
+            "data.num_train=2", "generator.num_candidates=2", "journal.chunk_prompts=1", "diagnostics.probe_items=1", "tracker=none"])
+
+    def run_watched(name, stop_after=None):
+        out = tmp_path / name
+        with monkeypatch.context() as mp:
+            wire = Wire(mp, server, stop_after)
+            stages = _stage_of_each_request(mp, out)
+            try:
+                return wire, stages, run(cfg(f"cache-{name}"), output_dir=out), None
+            except RequestsFailed as e:
+                return wire, stages, None, str(e)
+
+    wire0, stages0, whole, _ = run_watched("whole")
+    asked = {s: {k for k in wire0.answered if s in stages0[k]} for s in ("judge", "diagnostics", "evaluate")}
+    assert len(asked["diagnostics"]) > 2 and len(asked["evaluate"]) > 2, asked.keys()
+    expected = _records(tmp_path / "whole", "diagnostics", "eval_samples", "eval_metrics")
+
+    # 1. The server dies after two answers of the probes: the run stops before diagnostics are cached.
+    wire1, _, _, msg = run_watched("cut", stop_after=len(asked["judge"]) + 2)
+    assert msg is not None, "a probe whose requests failed was kept as finished"
+
+    def failed_of(msg):  # (failed, answered) judge requests of the stage that stopped
+        m = re.search(rf"\b(\d+) of (\d+) judge requests to {re.escape(server.base_url)} failed", msg)
+        assert m and "judge.api.max_failed_share=0" in msg, msg
+        return int(m[1]), int(m[2]) - int(m[1])
+
+    assert wire1.failed and failed_of(msg)[1] == 2
+    assert not (tmp_path / "cut" / "diagnostics.json").exists()
+    # what the uninterrupted run's probes asked and got no answer here (one client: answers come in order)
+    unanswered = asked["diagnostics"] - set(wire1.answered[len(asked["judge"]):])
+
+    # 2. Back up: the rerun sends exactly the probes' unanswered requests; the server dies in evaluation.
+    server.start()
+    wire2, stages2, _, msg = run_watched("cut", stop_after=len(unanswered) + 2)
+    assert msg is not None, "evaluation verdicts of failed requests were cached as finished"
+    assert {k for k in wire2.sent if "diagnostics" in stages2[k]} == unanswered
+    assert not {k for k in wire2.sent if "judge" in stages2[k]}  # labelling had finished
+    assert wire2.failed and failed_of(msg)[1] == 2
+    assert not (tmp_path / "cut" / "eval_metrics.jsonl").exists()
+
+    # 3. Back up again: only evaluation's unanswered requests are sent, and the run ends as the whole one did.
+    server.start()
+    wire3, _, again, _ = run_watched("cut")
+    assert again is not None and not wire3.failed
+    assert sorted(wire3.sent) == sorted(asked["evaluate"] - set(wire2.answered[-2:]))  # each once
+    assert _records(tmp_path / "cut", "diagnostics", "eval_samples", "eval_metrics") == expected
+    assert again["eval/win_rate_invalid"] == 0 and again["eval/win_rate"] == whole["eval/win_rate"]
