@@ -335,3 +335,14 @@ def test_config_file_matches_the_constructor():
     assert set(cfg) <= set(params), set(cfg) - set(params)
     assert {k: v for k, v in cfg.items() if k != "lora"} == {k: params[k].default for k in cfg if k != "lora"}
     PPOOptimizer(**cfg)  # validates
+
+
+def test_progress_shows_a_bar_and_one_line_per_logging_step(tiny_model, tmp_path, capsys):
+    import re
+
+    ctx = context(tiny_model, tmp_path)
+    ppo(total_episodes=3 * B, logging_steps=1, mixed_precision="no", progress_bar=True).train(ctx)
+    err = capsys.readouterr().err
+    lines = re.findall(r"(?:^|[\r\n])step (\d+)/(\d+)  reward \S+  kl \S+  kl coef \S+  pg loss \S+", err)
+    assert [(int(a), int(b)) for a, b in lines] == [(1, 3), (2, 3), (3, 3)], err[-2000:]
+    assert re.search(r"train ppo: [^\r\n]*3/3 ", err)

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from rlaif import progress
 from rlaif.optimizers import ppo_math as pm
 from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy
 from rlaif.precision import mixed_precision as mixed_precision_for
@@ -57,6 +57,11 @@ METRICS = ("train/reward", "train/reward_normalized", "train/score_with_penalty"
            "train/loss", "train/approx_kl", "train/explained_variance", "train/kl_coef", "train/no_eos_rate",
            "train/unscorable", "train/response_length", "train/episodes", "train/lr", "train/iteration",
            "train/advantage_mean", "train/advantage_std")
+
+
+# What one line per logging step shows (train/* metrics, prefix dropped), in order.
+PPO_SHOWN = (("reward", "reward"), ("kl", "kl"), ("kl_coef", "kl coef"), ("policy_loss", "pg loss"),
+             ("value_loss", "vf loss"), ("policy_clipfrac", "clip"), ("entropy", "entropy"))
 
 
 class PPOOptimizer:
@@ -670,8 +675,8 @@ class _PPORun:
         opt, ctx, acc = self.opt, self.ctx, self.acc
         it = self.start_iteration
         self.last_saved = it if self._latest_checkpoint() is not None else -1
-        bar = tqdm(total=self.planned, initial=min(it, self.planned or it), desc="ppo", unit="it",
-                   disable=not (opt.progress_bar and acc.is_local_main_process))
+        bar = progress.bar(self.planned, "train ppo", "it", initial=min(it, self.planned or it),
+                           disable=not (opt.progress_bar and acc.is_local_main_process))
         last_row = self.rows[-1] if self.rows else {}
         while (self.planned is None or it < self.planned) and self._budget_allows_next():
             row = self._iteration(it)
@@ -680,6 +685,9 @@ class _PPORun:
             if it % opt.logging_steps == 0 or is_last:
                 ctx.log(row, step=it)
                 self.rows.append(ctx.history[-1])
+                if acc.is_main_process:
+                    progress.write(progress.step_line(it, self.planned, {k.removeprefix("train/"): v for k, v in row.items()},
+                                                      PPO_SHOWN))
             last_row = row
             bar.update(1)
             bar.set_postfix(reward=f"{row['train/reward']:.3g}", kl=f"{row['train/kl']:.3g}")
