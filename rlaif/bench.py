@@ -305,15 +305,15 @@ def bench_dpo(pool, model_name: str, P: int, sizes, repeats: int, peak32: float 
     opt = DPOOptimizer(learning_rate=1e-5, epochs=1, batch_size=sizes["dpo_batch"], dtype="auto",
                        mixed_precision="auto", save_steps=None, logging_steps=1)
     steps = math.ceil(len(pairs) / opt.batch_size) * opt.epochs
-    runtimes: dict[str, float] = {}
+    runtimes: dict[str, list[float]] = {"rlaif": [], "trl": []}  # the Trainer's train_runtime of every run
     with tempfile.TemporaryDirectory() as tmp:
         def ours():
             ctx = TrainContext(policy_path=path, output_dir=Path(tmp) / "rlaif", seed=0, prompts=[], pairs=pairs)
-            runtimes["rlaif"] = opt.train(ctx)["train/train_runtime"]
-            return runtimes["rlaif"]
+            runtimes["rlaif"].append(opt.train(ctx)["train/train_runtime"])
 
-        res = alternate({"trl": lambda: trl_dpo(path, pairs, opt, str(Path(tmp) / "trl")), "rlaif": ours}, repeats)
-    best = {k: min(v[1], v[0]) for k, v in res.items()}  # train_runtime of the last run, bounded by the best wall
+        res = alternate({"trl": lambda: runtimes["trl"].append(trl_dpo(path, pairs, opt, str(Path(tmp) / "trl"))),
+                         "rlaif": ours}, repeats)
+    best = {k: min(v) for k, v in runtimes.items()}
     tokens = sum(len(chat_prefix_ids(tok, p.prompt)) * 2 + len(text_ids(tok, p.chosen[0]["content"]))
                  + len(text_ids(tok, p.rejected[0]["content"])) + 2 for p in pairs)
     flops = (6 * P * tokens * opt.epochs + 2 * P * tokens) / steps  # per step; the reference pass spread over steps
