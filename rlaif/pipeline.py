@@ -23,6 +23,7 @@ Reliability (what a kill, Ctrl-C or a rerun does):
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import json
 import logging
@@ -250,6 +251,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     if output_dir is None:  # Hydra wrote .hydra/ (the overrides verbatim) before this ran: mask secrets first
         scrub_hydra_dir(_hydra_output_dir(), OmegaConf.to_container(cfg, resolve=False))
     validate(cfg)
+    cfg = copy.deepcopy(cfg)  # the caller's config keeps its "auto"s
     auto_dtypes = precision.resolve_config(cfg)  # every dtype: auto becomes this machine's choice, before any key
     check_reliability_keys(cfg)
     if errors := distributed.check(cfg):

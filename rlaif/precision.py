@@ -193,4 +193,4 @@ def summary(keys: list[str]) -> dict:
     """``precision/*`` keys for a run's summary."""
     p = detect()
     return {"precision/device": p.device, "precision/dtype": p.dtype, "precision/mixed_precision": p.mixed_precision,
-            "precision/reason": p.reason, "precision/auto_keys": len(keys)}
+            "precision/reason": p.reason}

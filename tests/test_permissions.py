@@ -35,11 +35,17 @@ def _plain_modes(tmp: Path) -> tuple[int, int]:
 
 
 def _wrong_modes(root: Path, file_mode: int, dir_mode: int) -> dict[str, str]:
+    """Paths whose mode is not a plain write's. W&B's service process writes ``wandb/`` itself, with
+    the umask it started under (it outlives one run), so there only readable-by-others is required."""
     wrong = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         for name, want in [*((d, dir_mode) for d in dirnames), *((f, file_mode) for f in filenames)]:
             p = Path(dirpath) / name
             mode = stat.S_IMODE(p.stat().st_mode)
+            if p.relative_to(root).parts[0] == "wandb":
+                if mode & 0o044 != 0o044:
+                    wrong[str(p.relative_to(root))] = f"{mode:o} (not readable by group and others)"
+                continue
             if mode != want:
                 wrong[str(p.relative_to(root))] = f"{mode:o} (a plain write gives {want:o})"
     return wrong

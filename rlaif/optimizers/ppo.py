@@ -281,7 +281,7 @@ class _PPORun:
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
+        from accelerate.state import AcceleratorState, GradientState
         from transformers import GenerationConfig
 
         from rlaif.models import load_causal_lm, load_tokenizer
@@ -289,8 +289,11 @@ class _PPORun:
         opt, ctx = self.opt, self.ctx
         # Accelerate keeps one process-wide state; another trainer earlier in this process (a test, a
         # pipeline comparing optimizers) may have set a different precision. transformers' Trainer
-        # resets it the same way; the process group (PartialState) is kept.
+        # resets it the same way; the process group (PartialState) is kept. The gradient state goes
+        # too: a finished Trainer leaves "end of dataloader" set in it, and accumulate() would then
+        # step the optimizer on every micro-batch (grad_accum silently ignored).
         AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=opt.mixed_precision,
                                gradient_accumulation_steps=opt.grad_accum)
         if self.B % self.acc.num_processes:
