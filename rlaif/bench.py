@@ -473,7 +473,16 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("TQDM_DISABLE", "1")  # bars off on both sides alike
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # bars off on both sides alike, for this command only
+    try:
+        return _bench(argv)
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+
+
+def _bench(argv) -> int:
     from rlaif import precision
     from rlaif.models import ModelPool
 

@@ -18,7 +18,11 @@ UNPAIRED = ("generate vs vLLM", "ppo iteration", "ppo sampling", "ppo rollout fo
 
 def test_bench_small_writes_every_row(tiny_model, tmp_path, capsys):
     out = tmp_path / "bench.json"
+    import os
+
+    before = os.environ.get("TQDM_DISABLE")
     assert bench.main(["--model", tiny_model, "--sizes", "small", "--repeats", "1", "--out", str(out)]) == 0
+    assert os.environ.get("TQDM_DISABLE") == before  # the bars of whatever runs next in this process stay on
     printed = capsys.readouterr().out
     data = json.loads(out.read_text())
     rows = {r["name"]: r for r in data["rows"]}

@@ -111,5 +111,7 @@ def test_sweep_comparison_holds_both_runs(sweep):
     assert ykey == "eval/heldout_win_rate"  # the held-out judge, not the gold-reward fallback
     points = sorted((x, y) for line in fig.axes[0].lines if line.get_label() in sweep.summaries
                     for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True))
-    assert points == pytest.approx(sorted((s["eval/win_rate"], s["eval/heldout_win_rate"])
-                                          for s in sweep.summaries.values()))
+    want = sorted((s["eval/win_rate"], s["eval/heldout_win_rate"]) for s in sweep.summaries.values())
+    assert len(points) == len(want)
+    for got, exp in zip(points, want, strict=True):  # element-wise: pytest 9.2's approx refuses nested tuples
+        assert got == pytest.approx(exp)
