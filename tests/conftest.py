@@ -108,3 +108,19 @@ def sharp_model(tiny_model, tmp_path_factory) -> str:
     model.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture
+def started_trainers(monkeypatch) -> list:
+    """The transformers Trainers whose ``train()`` runs during the test, in order (each then
+    trains for real): lets a test read the arguments TRL actually received."""
+    from transformers import Trainer
+
+    started, train = [], Trainer.train
+
+    def recorded(self, *args, **kwargs):
+        started.append(self)
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", recorded)
+    return started

@@ -127,20 +127,12 @@ TEST_VALUES = dict(learning_rate=3e-3, epochs=2, batch_size=3, grad_accum=2, max
                    lora={"enabled": True, "r": 2, "alpha": 4, "target_modules": "all-linear"})
 
 
-def test_config_keys_reach_the_trl_trainer(tiny_model, tmp_path, monkeypatch):
-    from transformers import Trainer
-
+def test_config_keys_reach_the_trl_trainer(tiny_model, tmp_path, started_trainers):
     cfg = OmegaConf.to_container(OmegaConf.load(conf_dir() / "optimizer" / "cai_sft.yaml"))
     assert cfg["_target_"] == "rlaif.optimizers.ConstitutionalSFT" and cfg["name"] == ConstitutionalSFT.name
     handled = set(TRL_FIELDS) | SAMPLING | {"_target_", "name", "num_revisions", "dtype", "mixed_precision", "lora"}
     assert set(cfg) <= handled, f"no check says where optimizer.{set(cfg) - handled} goes"
-    started, train = [], Trainer.train
-
-    def counted(self, *args, **kwargs):  # the trainer that runs, then its real train()
-        started.append(self)
-        return train(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train", counted)
+    started = started_trainers
     values = {**cfg, **TEST_VALUES}
     opt = ConstitutionalSFT(**{k: v for k, v in values.items() if k != "_target_"})
     ctx = TrainContext(policy_path=tiny_model, output_dir=tmp_path / "out", seed=3, prompts=make_prompts(),

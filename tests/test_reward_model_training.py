@@ -122,21 +122,13 @@ TEST_VALUES = dict(learning_rate=3e-3, epochs=2, batch_size=3, grad_accum=2, max
                    lora={"enabled": True, "r": 2, "alpha": 4, "target_modules": "all-linear"})
 
 
-def test_config_keys_reach_the_trl_trainer(tiny_model, tmp_path, monkeypatch):
-    from transformers import Trainer
-
+def test_config_keys_reach_the_trl_trainer(tiny_model, tmp_path, started_trainers):
     cfg = OmegaConf.to_container(OmegaConf.load(conf_dir() / "reward_model" / "default.yaml"))
     assert cfg["_target_"] == "rlaif.optimizers.reward_model.RewardModelTrainer"
     handled = set(TRL_FIELDS) | {"_target_", "eval_fraction", "min_eval_pairs", "dtype", "mixed_precision", "lora",
                                  "judge_dtype", "judge_batch_size"}  # the last two are read by the pipeline
     assert set(cfg) <= handled, f"no check says where reward_model.{set(cfg) - handled} goes"
-    started, train = [], Trainer.train
-
-    def counted(self, *args, **kwargs):  # the trainer that runs, then its real train()
-        started.append(self)
-        return train(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train", counted)
+    started = started_trainers
     values = {**cfg, **TEST_VALUES}
     RewardModelTrainer(**{k: v for k, v in values.items() if k != "_target_"}).train(
         tiny_model, make_pairs(10), tmp_path / "rm", seed=0, checkpoint_dir=tmp_path / "ckpt")
