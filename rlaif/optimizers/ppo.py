@@ -15,39 +15,39 @@ Details of RLHF with PPO"). One iteration:
 4. ``ppo_epochs`` passes over shuffled minibatches with the clipped surrogate and the clipped
    value loss; then the KL controller sees the batch's KL.
 
-The math lives in ``ppo_math`` (tested against hand-worked numbers); this module moves tensors,
-models and checkpoints around it. Checkpoints are written atomically, a run resumes from the
-newest one, and a non-finite loss, KL or weight stops training with ``NonFiniteLossError``
-before anything overwrites the last good checkpoint. Every iteration re-seeds from
-``(seed, iteration)`` so that a resumed run repeats the uninterrupted one.
+The math lives in ``ppo_math`` (tested against hand-worked numbers); ``ppo_rollout`` samples and
+scores the episodes, ``ppo_update`` takes the gradient steps and ``ppo_checkpoints`` saves and
+restores a run; this module holds the optimizer, its config checks, the setup and the loop.
+Checkpoints are written atomically, a run resumes from the newest one, and a non-finite loss, KL
+or weight stops training with ``NonFiniteLossError`` before anything overwrites the last good
+checkpoint. Every iteration re-seeds from ``(seed, iteration)`` so that a resumed run repeats
+the uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import random
-import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from rlaif import progress
 from rlaif.optimizers import ppo_math as pm
-from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy
+from rlaif.optimizers.base import TrainContext, lora_config, save_policy
+from rlaif.optimizers.ppo_checkpoints import CHECKPOINT_PREFIX, PPOCheckpointMixin
+from rlaif.optimizers.ppo_rollout import ActorCritic, PPORolloutMixin, Rollout, _hidden_size, value_head
+from rlaif.optimizers.ppo_update import PPOUpdateMixin, _mix
 from rlaif.precision import mixed_precision as mixed_precision_for
 from rlaif.precision import training_dtype
-from rlaif.scoring import chat_prefix_ids, left_pad
 from rlaif.types import Prompt
+
+__all__ = ["CHECKPOINT_PREFIX", "METRICS", "ActorCritic", "PPOOptimizer", "Rollout", "value_head"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "ppo-iter-"
 VALUE_MODELS = ("separate", "shared")
 REWARD_NORMS = ("none", "running")
 
@@ -137,71 +137,6 @@ class PPOOptimizer:
         return _PPORun(self, ctx).run()
 
 
-class ActorCritic(nn.Module):
-    """The policy and its value function as one module, so accelerate prepares (and DDP syncs) both.
-
-    ``value_trunk`` is None for ``value_model: shared``: the value head then reads the policy's
-    last hidden states. Otherwise it is a separate copy of the starting trunk.
-    """
-
-    def __init__(self, policy: nn.Module, value_head: nn.Linear, value_trunk: nn.Module | None = None):
-        super().__init__()
-        self.policy, self.value_head, self.value_trunk = policy, value_head, value_trunk
-
-    def forward(self, input_ids, attention_mask, position_ids, response_len: int):
-        """Logits predicting each of the last ``response_len`` tokens, and V of the state before each."""
-        keep = response_len + 1
-        shared = self.value_trunk is None
-        out = _lm_forward(self.policy, input_ids, attention_mask, position_ids, keep, hidden=shared)
-        logits = out.logits[:, -keep:-1]
-        if shared:
-            hidden = out.hidden_states[-1][:, -keep:-1]
-        else:
-            hidden = self.value_trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                      use_cache=False).last_hidden_state[:, -keep:-1]
-        with torch.autocast(device_type=hidden.device.type, enabled=False):  # the head stays float32
-            values = self.value_head(hidden.float()).squeeze(-1)
-        return logits, values
-
-
-def value_head(hidden: int) -> nn.Linear:
-    """A float32 linear value head initialised to zero (Huang et al. 2024): V is 0 for every state at
-    the start, so the first advantages are the rewards' own signal, not the noise of a random head."""
-    head = nn.Linear(hidden, 1, dtype=torch.float32)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-    return head
-
-
-def _lm_forward(model, input_ids, attention_mask, position_ids, keep: int, hidden: bool = False):
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    if hidden:
-        kwargs["output_hidden_states"] = True
-    try:
-        return model(**kwargs, logits_to_keep=keep)
-    except TypeError:  # architectures without logits_to_keep compute every position
-        return model(**kwargs)
-
-
-@dataclass
-class Rollout:
-    """One iteration's episodes on this process. ``(b, R)`` tensors cover response tokens only."""
-
-    input_ids: torch.Tensor  # (b, Q + R) left-padded prompt, then right-padded response
-    attention_mask: torch.Tensor  # (b, Q + R)
-    position_ids: torch.Tensor  # (b, Q + R)
-    responses: torch.Tensor  # (b, R) response token ids (pad after EOS)
-    response_mask: torch.Tensor  # (b, R) float, 1 on response tokens (EOS included)
-    logprobs: torch.Tensor  # (b, R) log p of the sampled tokens under the sampling policy
-    ref_logprobs: torch.Tensor  # (b, R) ... under the frozen reference
-    values: torch.Tensor  # (b, R) V before each token
-    entropy: torch.Tensor  # (b, R) entropy of the sampling distribution
-    finished: torch.Tensor  # (b,) bool: EOS produced within max_new_tokens
-    lengths: torch.Tensor  # (b,) response tokens, EOS included
-    texts: list[str]
-
-
 def _plain(x):
     """A config value (possibly an OmegaConf container) as plain dicts, lists and scalars."""
     if isinstance(x, Mapping):
@@ -211,23 +146,7 @@ def _plain(x):
     return x
 
 
-def _mix(*parts: int) -> int:
-    """A seed from several integers (seed, iteration, ...), stable across runs and machines."""
-    h = 0
-    for p in parts:
-        h = (h * 1_000_003 + int(p)) % (2**63 - 1)
-    return h
-
-
-def _hidden_size(config) -> int:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for key in ("hidden_size", "n_embd", "d_model"):
-        if getattr(text, key, None):
-            return int(getattr(text, key))
-    raise ValueError(f"cannot find the hidden size in {type(config).__name__}; a value head needs it")
-
-
-class _PPORun:
+class _PPORun(PPORolloutMixin, PPOUpdateMixin, PPOCheckpointMixin):
     """State of one ``train`` call: models, optimizer, controllers, counters, checkpoints."""
 
     def __init__(self, opt: PPOOptimizer, ctx: TrainContext):
@@ -360,258 +279,6 @@ class _PPORun:
     def _learning_rates(self) -> tuple[float, float]:
         """(policy, value) learning rates: the two optimizer parameter groups."""
         return self.opt.learning_rate, self.opt.value_learning_rate or self.opt.learning_rate
-
-    # ------------------------------------------------------------------ checkpoints
-    def _fingerprint(self) -> dict:
-        opt = self.opt
-        return {"value_model": opt.value_model, "lora": opt.lora if opt.lora.get("enabled") else None,
-                "rollout_batch_size": opt.rollout_batch_size, "seed": self.ctx.seed}
-
-    def _clear_partial_checkpoints(self) -> None:
-        """Remove temp folders left by a process killed while writing (they were never renamed into place)."""
-        if self.ckpt_dir is not None and self.ckpt_dir.exists() and self.acc.is_main_process:
-            for tmp in self.ckpt_dir.glob(f".tmp-{CHECKPOINT_PREFIX}*"):
-                shutil.rmtree(tmp, ignore_errors=True)
-
-    def _latest_checkpoint(self) -> Path | None:
-        if self.ckpt_dir is None or not self.ckpt_dir.exists():
-            return None
-        done = sorted(p for p in self.ckpt_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.json").exists())
-        return done[-1] if done else None
-
-    def _trainable_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad}
-
-    def _save_checkpoint(self, iteration: int) -> None:
-        """Write everything a resume needs into a temp folder, then rename it into place."""
-        if self.ckpt_dir is None:
-            return
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            from safetensors.torch import save_file
-
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            final = self.ckpt_dir / f"{CHECKPOINT_PREFIX}{iteration:06d}"
-            tmp = self.ckpt_dir / f".tmp-{final.name}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            m = self.unwrapped
-            save_file(self._trainable_state(m.policy), str(tmp / "policy.safetensors"))
-            value_state = {f"value_head.{k}": v for k, v in self._trainable_state(m.value_head).items()}
-            if m.value_trunk is not None:
-                value_state.update({f"value_trunk.{k}": v for k, v in self._trainable_state(m.value_trunk).items()})
-            save_file(value_state, str(tmp / "value.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
-            if torch.cuda.is_available():
-                rng["cuda"] = torch.cuda.get_rng_state_all()
-            torch.save(rng, tmp / "rng.pt")
-            state = {"iteration": iteration, "kl_controller": self.kl_ctl.state_dict(),
-                     "reward_norm": self.moments.state_dict(), "spent": self.spent, "history": self.rows,
-                     "fingerprint": self._fingerprint(), "policy_path": str(self.ctx.policy_path)}
-            (tmp / "state.json").write_text(json.dumps(state, indent=1))  # written last: marks the folder complete
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            done = sorted(self.ckpt_dir.glob(f"{CHECKPOINT_PREFIX}*"))
-            for old in done[: -self.opt.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        self.acc.wait_for_everyone()
-        self.last_saved = iteration
-
-    def _load_weights(self, ckpt: Path, model: ActorCritic) -> dict:
-        """Check the checkpoint fits this config and load its trainable weights (before prepare)."""
-        from safetensors.torch import load_file
-
-        state = json.loads((ckpt / "state.json").read_text())
-        if state["fingerprint"] != self._fingerprint():
-            raise ValueError(f"checkpoint {ckpt} was written with {state['fingerprint']}, but this run has "
-                             f"{self._fingerprint()}: use another checkpoint folder or restore those settings")
-        if state.get("policy_path") != str(self.ctx.policy_path):
-            log.warning("resuming %s, written for policy %s, with policy %s", ckpt, state.get("policy_path"),
-                        self.ctx.policy_path)
-        for part, fname in ((model.policy, "policy.safetensors"), (model, "value.safetensors")):
-            weights = load_file(str(ckpt / fname))
-            missing, unexpected = part.load_state_dict(weights, strict=False)
-            if unexpected:
-                raise ValueError(f"checkpoint {ckpt / fname} has weights this model lacks: {unexpected[:5]}")
-        return state
-
-    def _load_state(self, ckpt: Path, state: dict) -> None:
-        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=self.acc.device,
-                                                  weights_only=True))
-        for group, lr in zip(self.optimizer.param_groups, self._learning_rates(), strict=True):
-            group["lr"] = lr  # the config's rates win over the saved ones (a rerun may change them)
-        self.kl_ctl.load_state_dict(state["kl_controller"])
-        self.moments.load_state_dict(state["reward_norm"])
-        self.spent = {k: int(v) for k, v in state["spent"].items()}
-        self.rows = list(state["history"])
-        self.start_iteration = int(state["iteration"])
-        rng = torch.load(ckpt / "rng.pt", weights_only=False)  # our own file; python's RNG state is a tuple
-        random.setstate(rng["python"])
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        # The pipeline's counters started from 0 in this process: add what the earlier attempt spent
-        # (global counts: on process 0 only, since the pipeline sums the counters over the processes).
-        if self.acc.is_main_process:
-            for key, value in self.spent.items():
-                self.ctx.counters[key] = self.ctx.counters.get(key, 0) + value
-        self.ctx.history.extend(self.rows)  # not re-sent to the tracker: it saw them the first time
-        log.info("PPO resumes from %s after iteration %d", ckpt, self.start_iteration)
-
-    # ------------------------------------------------------------------ rollouts
-    def _seq_logits(self, model, ids, attn, pos, R: int) -> torch.Tensor:
-        return _lm_forward(model, ids, attn, pos, R + 1).logits[:, -(R + 1) : -1]
-
-    @torch.no_grad()
-    def _rollout(self, prompts: list[Prompt]) -> Rollout:
-        ctx, dev, fb = self.ctx, self.acc.device, self.opt.forward_batch_size
-        policy = self.unwrapped.policy
-        lm = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-        queries = [chat_prefix_ids(self.tok, p.messages) for p in prompts]
-        responses: list[list[int]] = []
-        finished: list[bool] = []
-        saved_config, lm.generation_config = lm.generation_config, self.gen_config
-        try:
-            with self.acc.autocast():
-                for s in range(0, len(queries), fb):
-                    ids, attn, _ = left_pad(queries[s : s + fb], self.pad_id)
-                    out = policy.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev),
-                                          generation_config=self.gen_config)
-                    for row in out[:, ids.shape[1] :].tolist():
-                        n = row.index(self.eos_id) + 1 if self.eos_id in row else len(row)
-                        responses.append(row[:n])
-                        finished.append(self.eos_id in row)
-        finally:
-            lm.generation_config = saved_config
-        texts = [self.tok.decode(r, skip_special_tokens=True).strip() for r in responses]
-
-        R = max(len(r) for r in responses)
-        q_ids, q_attn, _ = left_pad(queries, self.pad_id)
-        resp = torch.full((len(responses), R), self.pad_id, dtype=torch.long)
-        resp_mask = torch.zeros((len(responses), R))
-        for i, r in enumerate(responses):
-            resp[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            resp_mask[i, : len(r)] = 1.0
-        input_ids = torch.cat([q_ids, resp], dim=1).to(dev)
-        attn = torch.cat([q_attn, resp_mask.long()], dim=1).to(dev)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        resp, resp_mask = resp.to(dev), resp_mask.to(dev)
-
-        T = ctx.temperature
-        logprobs, ref_logprobs, values, entropy = [], [], [], []
-        with self.acc.autocast():
-            for s in range(0, len(responses), fb):
-                sl = slice(s, s + fb)
-                logits, v = self.unwrapped(input_ids[sl], attn[sl], pos[sl], R)
-                logits = logits.float() / T
-                logprobs.append(pm.logprobs_from_logits(logits, resp[sl]))
-                entropy.append(pm.entropy_from_logits(logits))
-                values.append(v.float())
-                if self.ref is None:  # LoRA: the reference is the base weights
-                    with policy.disable_adapter():
-                        ref_logits = self._seq_logits(policy, input_ids[sl], attn[sl], pos[sl], R)
-                else:
-                    ref_logits = self._seq_logits(self.ref, input_ids[sl], attn[sl], pos[sl], R)
-                ref_logprobs.append(pm.logprobs_from_logits(ref_logits.float() / T, resp[sl]))
-        return Rollout(input_ids, attn, pos, resp, resp_mask, torch.cat(logprobs), torch.cat(ref_logprobs),
-                       torch.cat(values), torch.cat(entropy), torch.tensor(finished, device=dev),
-                       resp_mask.sum(-1), texts)
-
-    def _scores(self, prompts: list[Prompt], ro: Rollout) -> tuple[torch.Tensor, ...]:
-        """Judge scores -> (raw, normalised, final score, loss-valid) per episode.
-
-        NaN (unscorable) episodes get a placeholder 0 score and ``valid=False``: they never become
-        labels, with or without the missing-EOS penalty (it adjusts a score, it is not one). Infinite
-        scores are not "unscorable" — they flow on and stop training with a clear non-finite loss
-        error, since they mean the judge or reward is broken.
-        """
-        raw_list = self.ctx.reward(prompts, ro.texts)
-        if len(raw_list) != len(prompts):
-            raise ValueError(f"ctx.reward returned {len(raw_list)} scores for {len(prompts)} completions")
-        dev = self.acc.device
-        raw = torch.tensor([float(x) for x in raw_list], dtype=torch.float64, device=dev)
-        scorable = ~torch.isnan(raw)
-        normed = raw.clone()
-        if self.opt.reward_norm == "running":
-            everyone = self.acc.gather(raw)  # statistics over every process's batch
-            self.moments.update(everyone[~torch.isnan(everyone)].cpu())
-            normed = self.moments.normalize(raw)
-        if self.opt.reward_clip is not None:
-            normed = normed.clamp(-self.opt.reward_clip, self.opt.reward_clip)
-        score = torch.where(scorable, normed, torch.zeros_like(normed))
-        valid = scorable.clone()
-        if self.opt.missing_eos_penalty is not None:  # as in TRL: subtracted, so truncation costs a fixed amount
-            score = torch.where(ro.finished, score, score - self.opt.missing_eos_penalty)
-        return raw, normed, score.float(), valid
-
-    # ------------------------------------------------------------------ update
-    def _update(self, ro: Rollout, advantages, returns, mask, iteration: int) -> dict[str, float]:
-        opt, acc, ctx = self.opt, self.acc, self.ctx
-        b, R, T = ro.responses.shape[0], ro.responses.shape[1], ctx.temperature
-        sums = {k: 0.0 for k in ("policy_loss", "value_loss", "loss", "policy_clipfrac", "value_clipfrac", "approx_kl")}
-        count, grad_norms = 0, []
-        hint = ("Lower optimizer.learning_rate, set optimizer.reward_clip (and reward_norm: running), or check that "
-                "the reward returns finite scores (NaN only where it cannot score)")
-        gen = torch.Generator().manual_seed(_mix(ctx.seed, iteration, 1))
-        for _epoch in range(opt.ppo_epochs):
-            perm = torch.randperm(b, generator=gen).to(acc.device)
-            for m0 in range(0, b, self.mini):
-                for u0 in range(m0, m0 + self.mini, self.micro):
-                    idx = perm[u0 : u0 + self.micro]
-                    with acc.accumulate(self.model):
-                        logits, vpred = self.model(ro.input_ids[idx], ro.attention_mask[idx], ro.position_ids[idx], R)
-                        new_logp = pm.logprobs_from_logits(logits.float() / T, ro.responses[idx])
-                        mk = mask[idx]
-                        pg_loss, pg_cf = pm.clipped_policy_loss(new_logp, ro.logprobs[idx], advantages[idx], mk,
-                                                                opt.cliprange)
-                        vf_loss, vf_cf = pm.clipped_value_loss(vpred.float(), ro.values[idx], returns[idx], mk,
-                                                               opt.cliprange_value)
-                        loss = pg_loss + opt.vf_coef * vf_loss
-                        losses = torch.stack([pg_loss, vf_loss, loss]).detach()
-                        if acc.num_processes > 1:  # every process stops together, none waits in a collective
-                            losses = acc.reduce(losses, reduction="sum")
-                        for what, value in zip(("policy_loss", "value_loss", "total loss"), losses.tolist(),
-                                               strict=True):
-                            self._check_finite(f"PPO {what}", value, iteration, hint)
-                        acc.backward(loss)
-                        if acc.sync_gradients and opt.max_grad_norm is not None:
-                            gn = acc.clip_grad_norm_(self.model.parameters(), opt.max_grad_norm)
-                            grad_norms.append(float(gn))
-                        self.optimizer.step()
-                        self.optimizer.zero_grad()
-                    with torch.no_grad():
-                        kl = pm.approx_kl(new_logp, ro.logprobs[idx], mk)
-                    for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("loss", loss),
-                                 ("policy_clipfrac", pg_cf), ("value_clipfrac", vf_cf), ("approx_kl", kl)):
-                        sums[k] += float(v.detach())
-                    count += 1
-        if not all(bool(torch.isfinite(p).all()) for p in self.trainable):
-            self._check_finite(f"a PPO weight (gradient norms {grad_norms[-3:]})", float("nan"), iteration, hint)
-        stats = {k: v / max(count, 1) for k, v in sums.items()}
-        if grad_norms:
-            stats["grad_norm"] = sum(grad_norms) / len(grad_norms)
-        return stats
-
-    def _check_finite(self, name: str, value: float, iteration: int, hint: str) -> None:
-        """Stop with ``NonFiniteLossError`` naming the checkpoint a rerun resumes from (nothing is saved)."""
-        if math.isfinite(value):
-            return
-        last = self._latest_checkpoint()
-        where = (f"the last good checkpoint, {last}, is kept and a rerun resumes from it" if last is not None
-                 else "no checkpoint had been written yet")
-        raise NonFiniteLossError(f"{name} became {value} in PPO iteration {iteration + 1}; training stopped and "
-                                 f"{where}. {hint}")
-
-    def _mean_all(self, stats: dict[str, float]) -> dict[str, float]:
-        """Average per-process metrics over processes (equal local batch sizes: the global mean)."""
-        if self.acc.num_processes == 1:
-            return stats
-        keys = sorted(stats)
-        t = self.acc.reduce(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.acc.device),
-                            reduction="mean")
-        return dict(zip(keys, t.tolist(), strict=True))
 
     def _iteration(self, iteration: int) -> dict[str, float]:
         opt, ctx, acc = self.opt, self.ctx, self.acc
