@@ -1,0 +1,52 @@
+"""Clocks for the benchmark: synchronised timing, alternating runs (best of N), the table row
+record, and the matmul peak that the ``peak`` column divides by.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed(fn):
+    _sync()
+    t = time.perf_counter()
+    out = fn()
+    _sync()
+    return time.perf_counter() - t, out
+
+
+def alternate(fns: dict, repeats: int) -> dict:
+    """Best time and last result of each callable, run in turn ``repeats`` times (first listed first)."""
+    best, results = {k: math.inf for k in fns}, {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            dt, results[name] = _timed(fn)
+            best[name] = min(best[name], dt)
+    return {k: (best[k], results[k]) for k in fns}
+
+
+def row(name, what, rlaif_s, baseline_s=None, unit=None, amount=None, flops=None, peak=None, note="") -> dict:
+    """One table row. ``amount`` of ``unit`` (tokens, samples, steps) done per run gives the rates;
+    ``flops`` per rlaif run over ``peak`` FLOP/s gives the achieved fraction of the machine's peak."""
+    r = {"name": name, "what": what, "rlaif_s": rlaif_s, "baseline_s": baseline_s, "unit": unit,
+         "rlaif_rate": amount / rlaif_s if amount else None,
+         "baseline_rate": amount / baseline_s if amount and baseline_s else None,
+         "ratio": baseline_s / rlaif_s if baseline_s else None,
+         "peak_fraction": flops / rlaif_s / peak if flops and peak else None, "note": note}
+    return r
+
+
+def matmul_gflops(dtype, n: int, reps: int = 3) -> float:
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = torch.randn(n, n, device=dev).to(dtype), torch.randn(n, n, device=dev).to(dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b)[0] for _ in range(reps))
+    return 2 * n**3 / best / 1e9
