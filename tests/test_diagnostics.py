@@ -647,7 +647,7 @@ def test_probes_report_a_pointwise_judges_own_score_shift(sharp_model, criterion
 def test_probe_score_shift_reaches_the_run_metrics(tmp_path):
     """run_probes (what diagnostics.json and W&B get) carries the score shifts and flip rates of a
     pointwise judge."""
-    from rlaif.pipeline import run_probes
+    from rlaif.stages import run_probes
     from rlaif.types import PreferencePair
 
     pairs = [PreferencePair(prompt=p.messages, chosen=[{"role": "assistant", "content": g}],
@@ -680,7 +680,7 @@ def test_probes_journaled_a_rerun_reuses_the_finished_ones(tiny_model, pool, cri
     """run_probes with a journal: probes finished before a kill are read back, not asked again, and
     the metrics are the same as in one uninterrupted pass."""
     from rlaif.journal import Journal
-    from rlaif.pipeline import run_probes
+    from rlaif.stages import run_probes
     from rlaif.types import PreferencePair
 
     judge = PairwiseJudge(criterion, pool=pool, model=tiny_model, dtype="float32")

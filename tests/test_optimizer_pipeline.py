@@ -166,21 +166,25 @@ class JudgeCalls:
     and whether it came while the pipeline's training stage ran."""
 
     def __init__(self, monkeypatch):
-        import rlaif.pipeline as pipeline
         from rlaif.judges.base import Judge
+        from rlaif.stages.train import Train
 
         self.calls: list[dict] = []
         self.training = False
-        train_stage = pipeline._train_stage
+        build = Train.build
 
-        def counted_train_stage(*args, **kwargs):
-            self.training = True
-            try:
-                return train_stage(*args, **kwargs)
-            finally:
-                self.training = False
+        def counted_build(stage, view, work):  # training runs in the writer the stage's build returns
+            write = build(stage, view, work)
 
-        monkeypatch.setattr(pipeline, "_train_stage", counted_train_stage)
+            def counted_write(d):
+                self.training = True
+                try:
+                    return write(d)
+                finally:
+                    self.training = False
+            return counted_write
+
+        monkeypatch.setattr(Train, "build", counted_build)
         for method in ("scored", "prefer"):
             monkeypatch.setattr(Judge, method, self._counting(method, getattr(Judge, method)))
 

@@ -85,6 +85,8 @@ class Optimizer(Protocol):
     name: str
     needs_pairs: bool  # reads ctx.pairs (offline preference data)
     needs_reward: bool  # calls ctx.reward on its own samples (needs a pointwise reward)
+    # Optional ``reads``: run config paths it uses beyond ``optimizer`` ("criteria", "data.gold"); the
+    # training stage gets ctx.criterion / ctx.gold only when they are listed, and keys its cache entry on them.
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Train, save the policy to ``ctx.output_dir``, return the final metrics (``train/...``)."""

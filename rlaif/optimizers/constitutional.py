@@ -49,6 +49,7 @@ class ConstitutionalSFT:
     name = "cai_sft"
     needs_pairs = False
     needs_reward = False
+    reads = ("criteria",)  # run config it uses beyond its own (critiques and revises under the run's criterion)
 
     def __init__(self, critique_request: str = CRITIQUE_REQUEST, revision_request: str = REVISION_REQUEST,
                  num_revisions: int = 1, response_max_new_tokens: int | None = None,

@@ -26,6 +26,7 @@ class SelfRewardingDPO:
     name = "self_rewarding"
     needs_pairs = False
     needs_reward = False
+    reads = ("criteria", "data.gold")  # run config it uses beyond its own (judges its own samples with the run's criterion; logs their gold)
 
     def __init__(self, rounds: int = 3, num_candidates: int = 4, judge_dtype: str = "auto",
                  judge_batch_size: int = 8, sample_batch_size: int = 32, min_margin: float = 0.0,
