@@ -203,8 +203,6 @@ class _PPORun(PPORolloutMixin, PPOUpdateMixin, PPOCheckpointMixin):
         from accelerate.state import AcceleratorState, GradientState
         from transformers import GenerationConfig
 
-        from rlaif.models import load_causal_lm, load_tokenizer
-
         opt, ctx = self.opt, self.ctx
         # Accelerate keeps one process-wide state; another trainer earlier in this process (a test, a
         # pipeline comparing optimizers) may have set a different precision. transformers' Trainer
@@ -223,28 +221,7 @@ class _PPORun(PPORolloutMixin, PPOUpdateMixin, PPOCheckpointMixin):
                              f"{opt.grad_accum} micro-batches: raise rollout_batch_size or lower num_minibatches")
         self.micro = self.mini // opt.grad_accum
 
-        path, trc = ctx.policy_path, ctx.trust_remote_code
-        self.tok = load_tokenizer(path, trc)
-        lcfg = lora_config(opt.lora)
-        policy = load_causal_lm(path, opt.dtype, trc)
-        if lcfg is not None:
-            from peft import get_peft_model
-
-            policy = get_peft_model(policy, lcfg)
-        # With LoRA the reference is the same network with its adapters switched off (no second copy).
-        self.ref = None
-        if lcfg is None:
-            self.ref = load_causal_lm(path, opt.dtype, trc).to(self.acc.device).eval().requires_grad_(False)
-        trunk = None
-        if opt.value_model == "separate":
-            value_lm = load_causal_lm(path, opt.dtype, trc)
-            if lcfg is not None:
-                from peft import get_peft_model
-
-                value_lm = get_peft_model(value_lm, lora_config(opt.lora)).get_base_model()
-            trunk = getattr(value_lm, value_lm.base_model_prefix)  # the LM without its head
-            del value_lm
-        model = ActorCritic(policy, value_head(_hidden_size(policy.config)), trunk)
+        model = self._load_models()
 
         self.pad_id, self.eos_id = self.tok.pad_token_id, self.tok.eos_token_id
         # A fresh generation config: the model's own defaults (top_k, repetition penalty) would make
@@ -276,10 +253,41 @@ class _PPORun(PPORolloutMixin, PPOUpdateMixin, PPOCheckpointMixin):
         if state is not None:
             self._load_state(ckpt, state)
 
+    def _load_models(self) -> ActorCritic:
+        """The tokenizer (``self.tok``), the frozen reference (``self.ref``; None with LoRA) and the
+        policy with its value head (and value trunk for ``value_model: separate``), not yet prepared."""
+        from rlaif.models import load_causal_lm, load_tokenizer
+
+        opt, ctx = self.opt, self.ctx
+        path, trc = ctx.policy_path, ctx.trust_remote_code
+        self.tok = load_tokenizer(path, trc)
+        lcfg = lora_config(opt.lora)
+        policy = load_causal_lm(path, opt.dtype, trc)
+        if lcfg is not None:
+            from peft import get_peft_model
+
+            policy = get_peft_model(policy, lcfg)
+        # With LoRA the reference is the same network with its adapters switched off (no second copy).
+        self.ref = None
+        if lcfg is None:
+            self.ref = load_causal_lm(path, opt.dtype, trc).to(self.acc.device).eval().requires_grad_(False)
+        trunk = None
+        if opt.value_model == "separate":
+            value_lm = load_causal_lm(path, opt.dtype, trc)
+            if lcfg is not None:
+                from peft import get_peft_model
+
+                value_lm = get_peft_model(value_lm, lora_config(opt.lora)).get_base_model()
+            trunk = getattr(value_lm, value_lm.base_model_prefix)  # the LM without its head
+            del value_lm
+        model = ActorCritic(policy, value_head(_hidden_size(policy.config)), trunk)
+        return model
+
     def _learning_rates(self) -> tuple[float, float]:
         """(policy, value) learning rates: the two optimizer parameter groups."""
         return self.opt.learning_rate, self.opt.value_learning_rate or self.opt.learning_rate
 
+    # ------------------------------------------------------------------ one iteration
     def _iteration(self, iteration: int) -> dict[str, float]:
         opt, ctx, acc = self.opt, self.ctx, self.acc
         torch.manual_seed(_mix(ctx.seed, iteration, acc.process_index))
