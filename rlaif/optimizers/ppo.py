@@ -31,8 +31,10 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import field_validator, model_validator
 
 from rlaif import progress
 from rlaif.optimizers import ppo_math as pm
@@ -40,6 +42,18 @@ from rlaif.optimizers.base import TrainContext, lora_config, save_policy
 from rlaif.optimizers.ppo_checkpoints import CHECKPOINT_PREFIX, PPOCheckpointMixin
 from rlaif.optimizers.ppo_rollout import ActorCritic, PPORolloutMixin, Rollout, _hidden_size, value_head
 from rlaif.optimizers.ppo_update import PPOUpdateMixin, _mix
+from rlaif.options import (
+    Count,
+    Fraction,
+    Lora,
+    MixedPrecision,
+    NonNegative,
+    Options,
+    Positive,
+    RewardReference,
+    RewardSource,
+    TrainDtype,
+)
 from rlaif.precision import mixed_precision as mixed_precision_for
 from rlaif.precision import training_dtype
 from rlaif.types import Prompt
@@ -48,8 +62,6 @@ __all__ = ["CHECKPOINT_PREFIX", "METRICS", "ActorCritic", "PPOOptimizer", "Rollo
 
 log = logging.getLogger(__name__)
 
-VALUE_MODELS = ("separate", "shared")
-REWARD_NORMS = ("none", "running")
 
 # Every key logged each iteration (tests check them; dashboards can rely on them).
 METRICS = ("train/reward", "train/reward_normalized", "train/score_with_penalty", "train/kl", "train/non_score_reward",
@@ -64,73 +76,84 @@ PPO_SHOWN = (("reward", "reward"), ("kl", "kl"), ("kl_coef", "kl coef"), ("polic
              ("value_loss", "vf loss"), ("policy_clipfrac", "clip"), ("entropy", "entropy"))
 
 
+class PPOOptions(Options):
+    """``optimizer=ppo``: every option, documented with its default in conf/optimizer/ppo.yaml."""
+
+    CONF: ClassVar[str] = "optimizer/ppo"
+    reward_source: RewardSource
+    reward_reference: RewardReference
+    total_episodes: Count
+    rollout_batch_size: Count
+    ppo_epochs: Count
+    num_minibatches: Count
+    mini_batch_size: Count | None
+    grad_accum: Count
+    forward_batch_size: Count
+    learning_rate: Positive
+    value_learning_rate: Positive | None
+    max_grad_norm: Positive | None
+    adam_eps: Positive
+    weight_decay: NonNegative
+    gamma: Fraction
+    lam: Fraction
+    cliprange: Positive
+    cliprange_value: Positive
+    vf_coef: NonNegative
+    whiten_advantages: bool
+    reward_norm: Literal["none", "running"]
+    reward_clip: Positive | None
+    missing_eos_penalty: float | None
+    kl_coef: NonNegative
+    target_kl: Positive | None
+    kl_horizon: Positive
+    value_model: Literal["separate", "shared"]
+    dtype: TrainDtype
+    mixed_precision: MixedPrecision
+    lora: Lora
+    save_every: Count | None
+    keep_checkpoints: Count
+    logging_steps: Count
+    progress_bar: bool
+
+    @field_validator("missing_eos_penalty")
+    @classmethod
+    def _penalty(cls, v):
+        if v is not None and v < 0:
+            raise ValueError(f"it is subtracted from the score of responses without EOS (as in TRL), so it must be "
+                             f"null or >= 0, got {v}: write e.g. 1.0 for a penalty of one score unit")
+        return v
+
+    @model_validator(mode="after")
+    def _minibatches(self):
+        n, mb = self.rollout_batch_size, self.mini_batch_size or self.rollout_batch_size // self.num_minibatches
+        if self.mini_batch_size is None and n % self.num_minibatches:
+            raise ValueError(f"rollout_batch_size ({n}) must split into num_minibatches={self.num_minibatches} "
+                             "equal minibatches")
+        if mb < 1 or n % mb:
+            raise ValueError(f"rollout_batch_size ({n}) must split into whole minibatches (num_minibatches="
+                             f"{self.num_minibatches}, mini_batch_size={self.mini_batch_size})")
+        if mb % self.grad_accum:
+            raise ValueError(f"the minibatch ({mb} episodes) must split into grad_accum={self.grad_accum} equal "
+                             "micro-batches")
+        return self
+
+
 class PPOOptimizer:
-    """Online PPO against ``ctx.reward``; see the module docstring and ``conf/optimizer/ppo.yaml``."""
+    """Online PPO against ``ctx.reward``; see the module docstring and ``conf/optimizer/ppo.yaml``.
+
+    Keyword arguments override the YAML's defaults (``PPOOptions``)."""
 
     name = "ppo"
     needs_pairs = False
     needs_reward = True
+    Options = PPOOptions
 
-    def __init__(self, learning_rate: float = 2e-5, value_learning_rate: float | None = None,
-                 total_episodes: int = 256, rollout_batch_size: int = 16, ppo_epochs: int = 2,
-                 num_minibatches: int = 2, mini_batch_size: int | None = None, grad_accum: int = 1,
-                 forward_batch_size: int = 16, gamma: float = 1.0, lam: float = 0.95, cliprange: float = 0.2,
-                 cliprange_value: float = 0.2, vf_coef: float = 0.1, kl_coef: float = 0.05,
-                 target_kl: float | None = None, kl_horizon: float = 32, whiten_advantages: bool = True,
-                 reward_norm: str = "running", reward_clip: float | None = None,
-                 missing_eos_penalty: float | None = None, value_model: str = "shared",
-                 max_grad_norm: float | None = 1.0, adam_eps: float = 1e-5, weight_decay: float = 0.0,
-                 dtype: str = "auto", mixed_precision: str = "auto", lora: dict | None = None,
-                 save_every: int | None = 10, keep_checkpoints: int = 2, logging_steps: int = 1,
-                 progress_bar: bool = True, **_unused):
-        self.learning_rate, self.value_learning_rate = learning_rate, value_learning_rate
-        self.total_episodes, self.rollout_batch_size = total_episodes, rollout_batch_size
-        self.ppo_epochs, self.num_minibatches, self.mini_batch_size = ppo_epochs, num_minibatches, mini_batch_size
-        self.grad_accum, self.forward_batch_size = grad_accum, forward_batch_size
-        self.gamma, self.lam, self.cliprange, self.cliprange_value = gamma, lam, cliprange, cliprange_value
-        self.vf_coef, self.kl_coef, self.target_kl, self.kl_horizon = vf_coef, kl_coef, target_kl, kl_horizon
-        self.whiten_advantages, self.reward_norm, self.reward_clip = whiten_advantages, reward_norm, reward_clip
-        self.missing_eos_penalty, self.value_model = missing_eos_penalty, value_model
-        self.max_grad_norm, self.adam_eps, self.weight_decay = max_grad_norm, adam_eps, weight_decay
-        self.dtype, self.mixed_precision = training_dtype(dtype), mixed_precision_for(mixed_precision)
-        self.lora = _plain(lora or {})  # Hydra hands over a DictConfig; checkpoints store it as JSON
-        self.save_every, self.keep_checkpoints = save_every, keep_checkpoints
-        self.logging_steps, self.progress_bar = logging_steps, progress_bar
-        self._validate()
-
-    def _validate(self) -> None:
-        """Fail at construction (before any model loads) with a message naming the key to change."""
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(f"optimizer (ppo): {msg}")
-
-        need(self.value_model in VALUE_MODELS, f"value_model must be one of {VALUE_MODELS}, got {self.value_model!r}")
-        need(self.reward_norm in REWARD_NORMS, f"reward_norm must be one of {REWARD_NORMS}, got {self.reward_norm!r}")
-        need(self.mixed_precision in ("no", "bf16", "fp16"),
-             f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
-        for key in ("learning_rate", "total_episodes", "rollout_batch_size", "ppo_epochs", "num_minibatches",
-                    "grad_accum", "forward_batch_size", "kl_horizon", "keep_checkpoints", "logging_steps"):
-            need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
-        need(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"gamma and lam must lie in [0, 1], got {self.gamma}, {self.lam}")
-        need(self.cliprange > 0 and self.cliprange_value > 0, "cliprange and cliprange_value must be > 0")
-        need(self.vf_coef >= 0 and self.kl_coef >= 0, "vf_coef and kl_coef must be >= 0")
-        need(self.target_kl is None or self.target_kl > 0, f"target_kl must be null or > 0, got {self.target_kl}")
-        need(self.reward_clip is None or self.reward_clip > 0, f"reward_clip must be null or > 0, got {self.reward_clip}")
-        need(self.value_learning_rate is None or self.value_learning_rate > 0, "value_learning_rate must be null or > 0")
-        need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be null or > 0")
-        need(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0,
-             f"missing_eos_penalty is subtracted from the score of responses without EOS (as in TRL), so it must "
-             f"be null or >= 0, got {self.missing_eos_penalty}: write e.g. 1.0 for a penalty of one score unit")
-        if self.mini_batch_size is None:
-            need(self.rollout_batch_size % self.num_minibatches == 0,
-                 f"rollout_batch_size ({self.rollout_batch_size}) must split into num_minibatches="
-                 f"{self.num_minibatches} equal minibatches")
-        mb = self.mini_batch_size or self.rollout_batch_size // self.num_minibatches
-        need(mb > 0 and self.rollout_batch_size % mb == 0,
-             f"rollout_batch_size ({self.rollout_batch_size}) must split into whole minibatches "
-             f"(num_minibatches={self.num_minibatches}, mini_batch_size={self.mini_batch_size})")
-        need(mb % self.grad_accum == 0, f"the minibatch ({mb} episodes) must split into grad_accum={self.grad_accum} "
-                                        "equal micro-batches")
+    def __init__(self, **options):
+        self.options = o = PPOOptions.build(options)
+        for key in PPOOptions.model_fields:
+            setattr(self, key, getattr(o, key))
+        self.dtype, self.mixed_precision = training_dtype(o.dtype), mixed_precision_for(o.mixed_precision)
+        self.lora = o.lora.model_dump()  # checkpoints store it as JSON
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Train against ``ctx.reward``, save the policy to ``ctx.output_dir``, return final ``train/`` metrics."""
