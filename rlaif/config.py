@@ -146,22 +146,26 @@ OPTIMIZERS = ("dpo", "ppo", "grpo", "rloo", "online_dpo", "best_of_n", "self_rew
 REWARD_OPTIMIZERS = ("ppo", "grpo", "rloo", "online_dpo", "best_of_n")  # call the judge on their own samples
 
 
-def _check_dpo(c: _Checker, at: str, loss_types) -> None:
-    c.need(f"{at}.beta", "number", low=0, low_open=True)
-    c.need(f"{at}.loss_type", "str", choices=loss_types)
-    c.need(f"{at}.label_smoothing", "number", low=0, high=0.5)
-    if c.get(f"{at}.label_smoothing") == 0.5:  # cDPO's loss has no preference left to learn at 0.5
-        c.errors.append(f"{at}.label_smoothing: 0.5 must be < 0.5 (a label-noise rate of 0.5 leaves no preference)")
-    c.need(f"{at}.learning_rate", "number", low=0, low_open=True)
-    c.need(f"{at}.epochs", "number", low=0, low_open=True)
-    c.need(f"{at}.batch_size", "int", low=1)
-    c.need(f"{at}.grad_accum", "int", low=1)
-    c.need(f"{at}.max_length", "int", low=8)
-    c.need(f"{at}.dtype", "str", choices=("auto", "float32", "bfloat16"))
-    c.need(f"{at}.mixed_precision", "str", choices=("auto", "no", "bf16", "fp16"))
-    c.need(f"{at}.lora.enabled", "bool")
-    if c.get(f"{at}.label_smoothing") and c.get(f"{at}.loss_type") not in ("robust", "exo_pair", "sigmoid"):
-        c.errors.append(f"{at}.label_smoothing: only used by loss_type robust, exo_pair or sigmoid (cDPO)")
+def component_problems(cfg: DictConfig) -> list[str]:
+    """Each component's options (generator, judge, optimizer, reward model) checked against the
+    ``Options`` model its class declares (rlaif/options.py): types, ranges, choices, unknown keys."""
+    from hydra.utils import get_class
+
+    problems = []
+    for group in ("generator", "judge", "optimizer", "reward_model"):
+        node = OmegaConf.select(cfg, group)
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if not target:
+            continue
+        try:
+            cls = get_class(target)
+        except Exception as e:  # noqa: BLE001 - any import failure is the same config problem
+            problems.append(f"{group}._target_: cannot import {target} ({type(e).__name__}: {e})")
+            continue
+        options = getattr(cls, "Options", None)
+        if options is not None:
+            problems += options.problems(OmegaConf.to_container(node, resolve=True), group)
+    return problems
 
 
 def _judge_compares_pairs(judge_cfg) -> bool:
@@ -187,7 +191,6 @@ def _judge_compares_pairs(judge_cfg) -> bool:
 def validate(cfg: DictConfig) -> None:
     """Check names, types and combinations; raise ConfigError listing every problem."""
     from rlaif.criteria import REQUIRED_WORDING, Criterion, wording_problems
-    from rlaif.optimizers.dpo import LOSS_TYPES
     from rlaif.preferences import MODES
 
     c = _Checker(cfg)
@@ -232,58 +235,24 @@ def validate(cfg: DictConfig) -> None:
     # preferences
     c.need("preferences.mode", "str", choices=MODES)
     c.need("preferences.min_margin", "number", low=0)
-    # optimizer
+    # components: each class's Options (types, ranges, choices); then what combines them
+    c.errors += component_problems(cfg)
     c.need("optimizer.name", "str", choices=OPTIMIZERS)
     oname = c.get("optimizer.name")
-    if oname == "dpo":
-        _check_dpo(c, "optimizer", LOSS_TYPES)
-    if oname == "self_rewarding":
-        _check_dpo(c, "optimizer.dpo", LOSS_TYPES)
-        c.need("optimizer.rounds", "int", low=1)
-        c.need("optimizer.num_candidates", "int", low=2)
-        if isinstance(c.get("criteria.name"), str):
-            missing = Criterion.from_config(cfg.criteria).missing_for("pointwise")
-            if missing:
-                c.errors.append(f"optimizer=self_rewarding: the policy rates its own samples with the criterion's "
-                                f"pointwise prompt, but criteria '{c.get('criteria.name')}' has no "
-                                + ", ".join(f"criteria.{m}" for m in missing) + "; add it or pick another criteria")
-    if oname in REWARD_OPTIMIZERS:
-        c.need("optimizer.reward_source", "str", choices=("judge", "reward_model"))
-        ref = c.get("optimizer.reward_reference")
-        if ref is not None and ref != "reference_policy":
-            c.errors.append(f"optimizer.reward_reference: {ref!r} is not supported; use null or reference_policy")
-        if c.get("optimizer.reward_source") == "judge" and ref is None and _judge_compares_pairs(cfg.judge):
-            c.errors.append(
-                f"optimizer={oname} needs a pointwise reward, but judge={c.get('judge.kind')} only compares pairs. "
-                f"Fix one of: optimizer.reward_reference=reference_policy (reward = P(response beats the reference "
-                f"policy's sample)); optimizer.reward_source=reward_model (distilled RLAIF: a reward model trained "
-                f"on the judge's preference pairs); or a pointwise judge (judge=contrastive, pointwise, "
-                f"reward_model or rule)")
-        if c.get("optimizer.reward_source") == "reward_model":
-            c.need("reward_model.learning_rate", "number", low=0, low_open=True)
-            c.need("reward_model.epochs", "number", low=0, low_open=True)
-            c.need("reward_model.batch_size", "int", low=1)
-            c.need("reward_model.grad_accum", "int", low=1)
-            c.need("reward_model.max_length", "int", low=8)
-            c.need("reward_model.eval_fraction", "number", low=0, high=0.99)
-            c.need("reward_model.save_steps", "int", low=1, optional=True)
-            c.need("reward_model.dtype", "str", choices=("auto", "float32", "bfloat16"))
-    c.need("optimizer.save_steps", "int", low=1, optional=True)
-    if oname in ("ppo",):
-        c.need("optimizer.learning_rate", "number", low=0, low_open=True)
-        c.need("optimizer.kl_coef", "number", low=0)
-        if c.get("optimizer.target_kl") is not None:
-            c.need("optimizer.target_kl", "number", low=0, low_open=True)
-        c.need("optimizer.cliprange", "number", low=0, low_open=True)
-        c.need("optimizer.gamma", "number", low=0, high=1)
-        c.need("optimizer.lam", "number", low=0, high=1)
-        c.need("optimizer.value_model", "str", choices=("separate", "shared"))
-        c.need("optimizer.mixed_precision", "str", choices=("auto", "no", "bf16", "fp16"))
-    if oname in ("grpo", "rloo", "online_dpo", "cai_sft"):
-        c.need("optimizer.learning_rate", "number", low=0, low_open=True)
-        c.need("optimizer.mixed_precision", "str", choices=("auto", "no", "bf16", "fp16"))
-    if oname == "best_of_n":
-        c.need("optimizer.n", "int", low=1)
+    if oname == "self_rewarding" and isinstance(c.get("criteria.name"), str):
+        missing = Criterion.from_config(cfg.criteria).missing_for("pointwise")
+        if missing:
+            c.errors.append(f"optimizer=self_rewarding: the policy rates its own samples with the criterion's "
+                            f"pointwise prompt, but criteria '{c.get('criteria.name')}' has no "
+                            + ", ".join(f"criteria.{m}" for m in missing) + "; add it or pick another criteria")
+    if oname in REWARD_OPTIMIZERS and c.get("optimizer.reward_source") == "judge" \
+            and c.get("optimizer.reward_reference") is None and _judge_compares_pairs(cfg.judge):
+        c.errors.append(
+            f"optimizer={oname} needs a pointwise reward, but judge={c.get('judge.kind')} only compares pairs. "
+            f"Fix one of: optimizer.reward_reference=reference_policy (reward = P(response beats the reference "
+            f"policy's sample)); optimizer.reward_source=reward_model (distilled RLAIF: a reward model trained "
+            f"on the judge's preference pairs); or a pointwise judge (judge=contrastive, pointwise, "
+            f"reward_model or rule)")
     for key in ("budget.judge_calls", "budget.generated_tokens"):
         v = c.get(key)
         if v is not None and v != "offline" and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):

@@ -105,8 +105,12 @@ def _describe(err: dict, where: str, model: type[BaseModel]) -> str:
     if kind.startswith(("int_", "float_", "bool_", "string_")) or kind in ("int_type", "float_type", "bool_type"):
         want = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string"}
         return f"{key}: expected {want[kind.split('_')[0]]}, got {value!r}"
-    if kind == "value_error":  # a cross-field check; its message names the keys
-        return f"{key}: {ctx.get('error', err['msg'])}"
+    if kind == "value_error":  # a field's own check, or a cross-field one whose message starts "<field>: "
+        msg = str(ctx.get("error", err["msg"]))
+        field, sep, rest = msg.partition(": ")
+        if not loc and sep and field in _field_names(model, []):
+            return f"{key}.{field}: {rest}"
+        return f"{key}: {msg}"
     return f"{key}: {err['msg']} (got {value!r})"
 
 

@@ -96,9 +96,9 @@ def test_later_rounds_revise_the_latest_usable_text():
 
 
 def test_templates_need_a_principle_slot():
-    with pytest.raises(ValueError, match="critique_request must contain"):
+    with pytest.raises(ValueError, match=r"optimizer.critique_request: must contain \{principle\}"):
         ConstitutionalSFT(critique_request="Critique your answer.")
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match="optimizer.num_revisions: 0 must be >= 1"):
         ConstitutionalSFT(num_revisions=0)
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import ClassVar
 
 from rlaif.io import write_json
 from rlaif.optimizers.base import TrainContext
+from rlaif.options import Count, Options, RewardReference, RewardSource
 from rlaif.types import Candidate, Prompt
 
 
@@ -21,16 +23,26 @@ def best_of_n_kl(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
+class BestOfNOptions(Options):
+    """``optimizer=best_of_n`` (conf/optimizer/best_of_n.yaml)."""
+
+    CONF: ClassVar[str] = "optimizer/best_of_n"
+    n: Count  # samples per slot; the judge keeps its favourite
+    reward_source: RewardSource
+    reward_reference: RewardReference
+
+
 class BestOfN:
     name = "best_of_n"
     needs_pairs = False
     needs_reward = True
     trains = False  # evaluation samples n from the reference and keeps the judge's favourite
 
-    def __init__(self, n: int = 4, **_unused):
-        if int(n) < 1:
-            raise ValueError(f"optimizer.n must be >= 1, got {n}")
-        self.n = int(n)
+    Options = BestOfNOptions
+
+    def __init__(self, **options):
+        self.options = BestOfNOptions.build(options)
+        self.n = self.options.n
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Nothing to train: record the setting so the run folder says what the 'policy' is."""

@@ -17,21 +17,21 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Annotated, ClassVar
+
+from pydantic import Field, field_validator
 
 from rlaif import distributed, progress
 from rlaif.io import read_jsonl, write_json, write_records
 from rlaif.optimizers.base import TrainContext, lora_config
-from rlaif.optimizers.trl_online import common_args, log_forwarder, resumer, train_resumable, warmup_fraction
+from rlaif.optimizers.options import TrainingOptions
+from rlaif.optimizers.trl_online import common_args, log_forwarder, resumer, train_resumable
+from rlaif.options import Count, Positive
 from rlaif.precision import mixed_precision as mixed_precision_for
 from rlaif.precision import training_dtype
 from rlaif.types import Prompt
 
 log = logging.getLogger(__name__)
-
-CRITIQUE_REQUEST = ("Identify specific ways in which your last response does not follow this principle: "
-                    "{principle}")
-REVISION_REQUEST = ("Rewrite your last response so that it follows this principle: {principle} "
-                    "Reply with the rewritten response only.")
 
 _LABEL = re.compile(r"^\s*(revision|revised response|rewritten response|rewrite)\s*:\s*", re.IGNORECASE)
 
@@ -45,38 +45,42 @@ def _same(a: str, b: str) -> bool:
     return " ".join(a.split()) == " ".join(b.split())
 
 
+class ConstitutionalOptions(TrainingOptions):
+    """``optimizer=cai_sft`` (conf/optimizer/cai_sft.yaml has every default)."""
+
+    CONF: ClassVar[str] = "optimizer/cai_sft"
+    critique_request: str
+    revision_request: str
+    num_revisions: Count  # critique-revision rounds per response
+    response_max_new_tokens: Count | None
+    critique_max_new_tokens: Count
+    revision_max_new_tokens: Count | None
+    temperature: Positive | None
+    generation_batch_size: Count
+    max_length: Annotated[int, Field(ge=8)]
+    gradient_checkpointing: bool
+
+    @field_validator("critique_request", "revision_request")
+    @classmethod
+    def _has_principle(cls, v):
+        if "{principle}" not in v:
+            raise ValueError(f"must contain {{principle}}, where the sampled principle goes: {v!r}")
+        return v
+
+
 class ConstitutionalSFT:
     name = "cai_sft"
     needs_pairs = False
     needs_reward = False
     reads = ("criteria",)  # run config it uses beyond its own (critiques and revises under the run's criterion)
+    Options = ConstitutionalOptions
 
-    def __init__(self, critique_request: str = CRITIQUE_REQUEST, revision_request: str = REVISION_REQUEST,
-                 num_revisions: int = 1, response_max_new_tokens: int | None = None,
-                 critique_max_new_tokens: int = 64, revision_max_new_tokens: int | None = None,
-                 temperature: float | None = None, generation_batch_size: int = 16, learning_rate: float = 1e-5,
-                 epochs: float = 1, batch_size: int = 8, grad_accum: int = 1, max_length: int = 512,
-                 lr_scheduler: str = "linear", warmup_ratio: float = 0.0, max_grad_norm: float = 1.0,
-                 gradient_checkpointing: bool = False, dtype: str = "float32", mixed_precision: str = "no",
-                 lora: dict | None = None, logging_steps: int = 1, save_steps: int | None = 10, **_unused):
-        for key, template in (("critique_request", critique_request), ("revision_request", revision_request)):
-            if "{principle}" not in template:
-                raise ValueError(f"optimizer.{key} must contain {{principle}}: {template!r}")
-        if num_revisions < 1:
-            raise ValueError(f"optimizer.num_revisions={num_revisions}: at least one critique-revision round")
-        self.critique_request, self.revision_request, self.num_revisions = critique_request, revision_request, num_revisions
-        self.response_max_new_tokens, self.critique_max_new_tokens = response_max_new_tokens, critique_max_new_tokens
-        self.revision_max_new_tokens, self.temperature = revision_max_new_tokens, temperature
-        self.generation_batch_size = generation_batch_size
-        self.learning_rate, self.epochs = learning_rate, epochs
-        self.batch_size, self.grad_accum, self.max_length = batch_size, grad_accum, max_length
-        self.lr_scheduler, self.max_grad_norm = lr_scheduler, max_grad_norm
-        self.warmup_ratio = warmup_fraction(warmup_ratio)
-        self.gradient_checkpointing, self.dtype = gradient_checkpointing, training_dtype(dtype)
-        self.mixed_precision = mixed_precision_for(mixed_precision)
-        self.lora = dict(lora or {})
-        self.logging_steps = logging_steps
-        self.save_steps = save_steps
+    def __init__(self, **options):
+        self.options = o = ConstitutionalOptions.build(options)
+        for key in ConstitutionalOptions.model_fields:
+            setattr(self, key, getattr(o, key))
+        self.dtype, self.mixed_precision = training_dtype(o.dtype), mixed_precision_for(o.mixed_precision)
+        self.lora = o.lora.model_dump()
 
     # -- the constitution ---------------------------------------------------------------------------
     @staticmethod

@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Annotated, ClassVar, Literal
 
 import torch
+from pydantic import Field, field_validator, model_validator
 
 from rlaif import progress
 from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy
-from rlaif.optimizers.trl_online import warmup_fraction
+from rlaif.optimizers.options import TrainingOptions
+from rlaif.options import NonNegative, Positive
 from rlaif.precision import mixed_precision as mixed_precision_for
 from rlaif.precision import training_dtype
 
@@ -27,29 +30,43 @@ LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
 
+class DPOOptions(TrainingOptions):
+    """``optimizer=dpo`` (conf/optimizer/dpo.yaml has every default)."""
+
+    CONF: ClassVar[str] = "optimizer/dpo"
+    beta: Positive
+    loss_type: Literal[LOSS_TYPES]
+    label_smoothing: float
+    max_length: Annotated[int, Field(ge=8)]
+    weight_decay: NonNegative
+    precompute_ref_log_probs: bool
+
+    @field_validator("label_smoothing")
+    @classmethod
+    def _smoothing(cls, v):
+        if not 0.0 <= v < 0.5:  # cDPO's assumed share of flipped labels; at 0.5 no preference is left
+            raise ValueError(f"{v} must be in [0, 0.5): the assumed share of flipped preference labels")
+        return v
+
+    @model_validator(mode="after")
+    def _smoothing_needs_a_loss_that_uses_it(self):
+        if self.label_smoothing and self.loss_type not in ("robust", "exo_pair", "sigmoid"):
+            raise ValueError("label_smoothing: only used by loss_type robust, exo_pair or sigmoid (cDPO)")
+        return self
+
+
 class DPOOptimizer:
     name = "dpo"
     needs_pairs = True
     needs_reward = False
+    Options = DPOOptions
 
-    def __init__(self, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-                 learning_rate: float = 5e-6, epochs: int = 1, batch_size: int = 8, grad_accum: int = 1,
-                 max_length: int = 256, warmup_ratio: float = 0.0, lr_scheduler: str = "linear",
-                 weight_decay: float = 0.0, max_grad_norm: float = 1.0, precompute_ref_log_probs: bool = True,
-                 dtype: str = "float32", mixed_precision: str = "no", lora: dict | None = None, logging_steps: int = 1,
-                 save_steps: int | None = 10, **_unused):
-        if not 0.0 <= label_smoothing < 0.5:
-            raise ValueError(f"optimizer.label_smoothing={label_smoothing} must be in [0, 0.5): the assumed share of "
-                             "flipped preference labels")
-        self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
-        self.learning_rate, self.epochs, self.batch_size, self.grad_accum = learning_rate, epochs, batch_size, grad_accum
-        self.max_length, self.warmup_ratio, self.lr_scheduler = max_length, warmup_fraction(warmup_ratio), lr_scheduler
-        self.weight_decay, self.max_grad_norm = weight_decay, max_grad_norm
-        self.precompute_ref_log_probs, self.dtype = precompute_ref_log_probs, training_dtype(dtype)
-        self.mixed_precision = mixed_precision_for(mixed_precision)
-        self.lora = dict(lora or {})
-        self.logging_steps = logging_steps
-        self.save_steps = save_steps
+    def __init__(self, **options):
+        self.options = o = DPOOptions.build(options)
+        for key in DPOOptions.model_fields:
+            setattr(self, key, getattr(o, key))
+        self.dtype, self.mixed_precision = training_dtype(o.dtype), mixed_precision_for(o.mixed_precision)
+        self.lora = o.lora.model_dump()
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Train on ``ctx.pairs`` and save the policy to ``ctx.output_dir``. Returns final training metrics."""
@@ -82,7 +99,7 @@ def train_dpo(opt: DPOOptimizer, model_path: str, pairs: list, output_dir: Path,
         **saving, beta=opt.beta, **loss_args(opt.loss_type, opt.label_smoothing), learning_rate=opt.learning_rate,
         num_train_epochs=opt.epochs, per_device_train_batch_size=opt.batch_size,
         gradient_accumulation_steps=opt.grad_accum, max_length=opt.max_length,
-        warmup_steps=warmup_fraction(opt.warmup_ratio), lr_scheduler_type=opt.lr_scheduler, weight_decay=opt.weight_decay,
+        warmup_steps=opt.warmup_ratio, lr_scheduler_type=opt.lr_scheduler, weight_decay=opt.weight_decay,
         max_grad_norm=opt.max_grad_norm, precompute_ref_log_probs=opt.precompute_ref_log_probs,
         logging_steps=opt.logging_steps, report_to=[], seed=seed, data_seed=seed,
         logging_nan_inf_filter=False,  # log a NaN loss as NaN (the default averages it away, logging 0.0)

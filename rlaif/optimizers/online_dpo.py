@@ -19,11 +19,14 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import Annotated, ClassVar, Literal
 
 import torch
+from pydantic import Field
 
 from rlaif import progress
 from rlaif.optimizers.base import TrainContext, lora_config
+from rlaif.optimizers.options import OnlineOptions
 from rlaif.optimizers.trl_online import (
     CountingReward,
     budget_max_steps,
@@ -31,8 +34,8 @@ from rlaif.optimizers.trl_online import (
     log_forwarder,
     resumer,
     train_resumable,
-    warmup_fraction,
 )
+from rlaif.options import NonNegative, Positive
 from rlaif.precision import mixed_precision as mixed_precision_for
 from rlaif.precision import training_dtype
 
@@ -101,32 +104,28 @@ def _gated_trainer(base, gate: _GateState):
     return GatedOnlineDPOTrainer
 
 
+class OnlineDPOOptions(OnlineOptions):
+    """``optimizer=online_dpo`` (conf/optimizer/online_dpo.yaml has every default)."""
+
+    CONF: ClassVar[str] = "optimizer/online_dpo"
+    beta: Positive
+    loss_type: Literal["sigmoid", "ipo"]  # what TRL's online DPO supports
+    max_length: Annotated[int, Field(ge=8)]
+    missing_eos_penalty: NonNegative | None
+
+
 class OnlineDPOOptimizer:
     name = "online_dpo"
     needs_pairs = False
     needs_reward = True
+    Options = OnlineDPOOptions
 
-    def __init__(self, beta: float = 0.1, loss_type: str = "sigmoid", learning_rate: float = 5e-7,
-                 batch_size: int = 4, grad_accum: int = 1, epochs: float = 1, max_steps: int | None = None,
-                 max_new_tokens: int | None = None, max_length: int = 512, temperature: float | None = None,
-                 missing_eos_penalty: float | None = None, lr_scheduler: str = "linear", warmup_ratio: float = 0.0,
-                 max_grad_norm: float = 1.0, gradient_checkpointing: bool = False, dtype: str = "float32",
-                 mixed_precision: str = "no", lora: dict | None = None, logging_steps: int = 1,
-                 reward_source: str = "judge", reward_reference: str | None = None, save_steps: int | None = 10,
-                 **_unused):
-        if loss_type not in ("sigmoid", "ipo"):
-            raise ValueError(f"optimizer.loss_type='{loss_type}': online DPO supports sigmoid or ipo")
-        self.beta, self.loss_type, self.learning_rate = beta, loss_type, learning_rate
-        self.batch_size, self.grad_accum, self.epochs, self.max_steps = batch_size, grad_accum, epochs, max_steps
-        self.max_new_tokens, self.max_length, self.temperature = max_new_tokens, max_length, temperature
-        self.missing_eos_penalty = missing_eos_penalty
-        self.lr_scheduler, self.max_grad_norm = lr_scheduler, max_grad_norm
-        self.warmup_ratio = warmup_fraction(warmup_ratio)
-        self.gradient_checkpointing, self.dtype = gradient_checkpointing, training_dtype(dtype)
-        self.mixed_precision = mixed_precision_for(mixed_precision)
-        self.lora = dict(lora or {})
-        self.logging_steps = logging_steps
-        self.save_steps = save_steps
+    def __init__(self, **options):
+        self.options = o = OnlineDPOOptions.build(options)
+        for key in OnlineDPOOptions.model_fields:
+            setattr(self, key, getattr(o, key))
+        self.dtype, self.mixed_precision = training_dtype(o.dtype), mixed_precision_for(o.mixed_precision)
+        self.lora = o.lora.model_dump()
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Sample two responses per prompt, let ``ctx.reward`` pick, DPO-update; save to ``ctx.output_dir``."""

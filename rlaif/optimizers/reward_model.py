@@ -19,9 +19,14 @@ import random
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Annotated, ClassVar
+
+from pydantic import Field
 
 from rlaif import distributed, progress
-from rlaif.optimizers.trl_online import common_args, log_forwarder, warmup_fraction
+from rlaif.optimizers.options import TrainingOptions
+from rlaif.optimizers.trl_online import common_args, log_forwarder
+from rlaif.options import Count, Dtype, NonNegative
 from rlaif.precision import mixed_precision as mixed_precision_for
 from rlaif.precision import training_dtype
 from rlaif.types import PreferencePair
@@ -29,25 +34,28 @@ from rlaif.types import PreferencePair
 log = logging.getLogger(__name__)
 
 
+class RewardModelOptions(TrainingOptions):
+    """``reward_model`` (conf/reward_model/default.yaml has every default)."""
+
+    CONF: ClassVar[str] = "reward_model/default"
+    max_length: Annotated[int, Field(ge=8)]
+    eval_fraction: Annotated[float, Field(ge=0, lt=1)]
+    min_eval_pairs: Count
+    center_rewards_coefficient: NonNegative | None
+    gradient_checkpointing: bool
+    judge_dtype: Dtype  # the trained reward model scoring the online optimizer's samples
+    judge_batch_size: Count
+
+
 class RewardModelTrainer:
-    def __init__(self, learning_rate: float = 1e-5, epochs: float = 1, batch_size: int = 8, grad_accum: int = 1,
-                 max_length: int = 512, eval_fraction: float = 0.1, min_eval_pairs: int = 4,
-                 center_rewards_coefficient: float | None = 0.01, lr_scheduler: str = "linear",
-                 warmup_ratio: float = 0.0, max_grad_norm: float = 1.0, gradient_checkpointing: bool = False,
-                 dtype: str = "float32", mixed_precision: str = "no", lora: dict | None = None,
-                 logging_steps: int = 1, save_steps: int | None = 10, **_unused):
-        if not 0.0 <= eval_fraction < 1.0:
-            raise ValueError(f"reward_model.eval_fraction={eval_fraction} must be in [0, 1)")
-        self.learning_rate, self.epochs, self.batch_size, self.grad_accum = learning_rate, epochs, batch_size, grad_accum
-        self.max_length, self.eval_fraction, self.min_eval_pairs = max_length, eval_fraction, min_eval_pairs
-        self.center_rewards_coefficient = center_rewards_coefficient
-        self.lr_scheduler, self.max_grad_norm = lr_scheduler, max_grad_norm
-        self.warmup_ratio = warmup_fraction(warmup_ratio, "reward_model")
-        self.gradient_checkpointing, self.dtype = gradient_checkpointing, training_dtype(dtype)
-        self.mixed_precision = mixed_precision_for(mixed_precision)
-        self.lora = dict(lora or {})
-        self.logging_steps = logging_steps
-        self.save_steps = save_steps
+    Options = RewardModelOptions
+
+    def __init__(self, **options):
+        self.options = o = RewardModelOptions.build(options)
+        for key in RewardModelOptions.model_fields:
+            setattr(self, key, getattr(o, key))
+        self.dtype, self.mixed_precision = training_dtype(o.dtype), mixed_precision_for(o.mixed_precision)
+        self.lora = o.lora.model_dump()
 
     def split(self, pairs: list[PreferencePair], seed: int, eval_fraction: float) -> tuple[list, list]:
         """Seeded held-out split by prompt (no prompt in both parts); no held-out part when it would hold

@@ -14,12 +14,34 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Annotated, ClassVar
+
+from pydantic import Field, field_validator
 
 from rlaif.io import write_json
 from rlaif.optimizers.base import TrainContext
-from rlaif.optimizers.dpo import DPOOptimizer, train_dpo
+from rlaif.optimizers.dpo import DPOOptimizer, DPOOptions, train_dpo
+from rlaif.options import META, Count, Dtype, NonNegative, Options
 
 log = logging.getLogger(__name__)
+
+
+class SelfRewardingOptions(Options):
+    """``optimizer=self_rewarding`` (conf/optimizer/self_rewarding.yaml; ``dpo`` is optimizer=dpo's)."""
+
+    CONF: ClassVar[str] = "optimizer/self_rewarding"
+    rounds: Count  # iterations M1 -> M2 -> ...
+    num_candidates: Annotated[int, Field(ge=2)]
+    min_margin: NonNegative
+    judge_dtype: Dtype
+    judge_batch_size: Count
+    sample_batch_size: Count
+    dpo: DPOOptions
+
+    @field_validator("dpo", mode="before")
+    @classmethod
+    def _plain_dpo(cls, v):  # Hydra composes optimizer=dpo's whole file there, _target_ and name included
+        return {k: x for k, x in v.items() if k not in META} if isinstance(v, dict) else v
 
 
 class SelfRewardingDPO:
@@ -27,17 +49,16 @@ class SelfRewardingDPO:
     needs_pairs = False
     needs_reward = False
     reads = ("criteria", "data.gold")  # run config it uses beyond its own (judges its own samples with the run's criterion; logs their gold)
+    Options = SelfRewardingOptions
 
-    def __init__(self, rounds: int = 3, num_candidates: int = 4, judge_dtype: str = "auto",
-                 judge_batch_size: int = 8, sample_batch_size: int = 32, min_margin: float = 0.0,
-                 dpo: DPOOptimizer | dict | None = None, **_unused):
-        if int(rounds) < 1 or int(num_candidates) < 2:
-            raise ValueError("self_rewarding needs optimizer.rounds >= 1 and optimizer.num_candidates >= 2")
-        self.rounds, self.k = int(rounds), int(num_candidates)
-        self.judge_dtype, self.judge_batch_size = judge_dtype, int(judge_batch_size)
-        self.sample_batch_size, self.min_margin = int(sample_batch_size), float(min_margin)
-        # Hydra instantiates the nested optimizer.dpo block (it has a _target_); a plain dict works too.
-        self.dpo = dpo if isinstance(dpo, DPOOptimizer) else DPOOptimizer(**{k: v for k, v in (dpo or {}).items() if k != '_target_'})
+    def __init__(self, **options):
+        if isinstance(options.get("dpo"), DPOOptimizer):  # an already built DPO optimizer
+            options["dpo"] = options["dpo"].options.model_dump()
+        self.options = o = SelfRewardingOptions.build(options)
+        self.rounds, self.k = o.rounds, o.num_candidates
+        self.judge_dtype, self.judge_batch_size = o.judge_dtype, o.judge_batch_size
+        self.sample_batch_size, self.min_margin = o.sample_batch_size, o.min_margin
+        self.dpo = DPOOptimizer(**o.dpo.model_dump())
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         from rlaif.generators import HFGenerator

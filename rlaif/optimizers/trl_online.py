@@ -20,12 +20,15 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import model_validator
 
 from rlaif import progress
 from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy, trl_reward
+from rlaif.optimizers.options import OnlineOptions
+from rlaif.options import Count, NonNegative, Positive
 from rlaif.precision import mixed_precision as mixed_precision_for
 from rlaif.precision import training_dtype
 
@@ -123,16 +126,6 @@ def budget_max_steps(ctx: TrainContext, per_generation: int, micro_steps_per_gen
     return steps
 
 
-def warmup_fraction(warmup_ratio, section: str = "optimizer") -> float:
-    """``warmup_ratio`` checked for TrainingArguments' ``warmup_steps``, which (transformers >= 5)
-    reads a float below 1 as a share of the training steps but 1 or more as a number of steps."""
-    ratio = float(warmup_ratio)
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"{section}.warmup_ratio={warmup_ratio} must be in [0, 1): it is the share of the "
-                         "training steps spent warming the learning rate up (e.g. 0.1)")
-    return ratio
-
-
 def common_args(opt, seed: int, output_dir: Path, max_steps: int | None = None,
                 checkpoint_dir: Path | None = None) -> dict[str, Any]:
     """TrainingArguments shared by every TRL trainer we wrap (``opt`` holds our config keys).
@@ -148,7 +141,7 @@ def common_args(opt, seed: int, output_dir: Path, max_steps: int | None = None,
         **saving, learning_rate=opt.learning_rate,
         num_train_epochs=opt.epochs, max_steps=max_steps if max_steps is not None else -1,
         per_device_train_batch_size=opt.batch_size, gradient_accumulation_steps=opt.grad_accum,
-        warmup_steps=warmup_fraction(opt.warmup_ratio), lr_scheduler_type=opt.lr_scheduler,
+        warmup_steps=opt.warmup_ratio, lr_scheduler_type=opt.lr_scheduler,  # warmup: a share (< 1) of the steps
         max_grad_norm=opt.max_grad_norm,
         logging_steps=opt.logging_steps, report_to=[], seed=seed, data_seed=seed,
         logging_nan_inf_filter=False,  # log a NaN loss as NaN (the default averages it away, logging 0.0)
@@ -190,38 +183,40 @@ def finish(trainer, tokenizer, output_dir: Path, last: dict[str, float], ctx: Tr
     return out
 
 
-class _OnlineBase:
+class GroupOptions(OnlineOptions):
     """Config shared by GRPO and RLOO (group sampling, clipping, KL to the reference)."""
+
+    num_generations: Count
+    beta: NonNegative
+    epsilon: Positive
+    num_iterations: Count
+    mask_truncated_completions: bool
+
+    @model_validator(mode="after")
+    def _whole_groups(self):
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations: {self.num_generations} is too few: a group needs at least 2 responses")
+        if (self.batch_size * self.grad_accum) % self.num_generations:
+            raise ValueError(f"batch_size: batch_size * grad_accum ({self.batch_size} * {self.grad_accum}) must be a "
+                             f"multiple of num_generations ({self.num_generations}): each generation batch holds "
+                             "whole groups")
+        return self
+
+
+class _OnlineBase:
+    """GRPO and RLOO: the options of ``Options`` (YAML defaults) set as attributes."""
 
     name = "online"
     needs_pairs = False
     needs_reward = True
+    Options: ClassVar[type[GroupOptions]] = GroupOptions
 
-    def __init__(self, learning_rate: float = 1e-6, num_generations: int = 4, batch_size: int = 8,
-                 grad_accum: int = 1, epochs: float = 1, max_steps: int | None = None, beta: float = 0.04,
-                 epsilon: float = 0.2, num_iterations: int = 1, temperature: float | None = None,
-                 max_new_tokens: int | None = None, lr_scheduler: str = "linear", warmup_ratio: float = 0.0,
-                 max_grad_norm: float = 1.0, mask_truncated_completions: bool = False,
-                 gradient_checkpointing: bool = False, dtype: str = "float32", mixed_precision: str = "no",
-                 lora: dict | None = None, logging_steps: int = 1, reward_source: str = "judge",
-                 reward_reference: str | None = None, save_steps: int | None = 10, **_unused):
-        if num_generations < 2:
-            raise ValueError(f"optimizer.num_generations={num_generations}: a group needs at least 2 responses")
-        if (batch_size * grad_accum) % num_generations:
-            raise ValueError(f"optimizer.batch_size * grad_accum ({batch_size} * {grad_accum}) must be a multiple of "
-                             f"num_generations ({num_generations}): each generation batch holds whole groups")
-        self.learning_rate, self.num_generations, self.batch_size = learning_rate, num_generations, batch_size
-        self.grad_accum, self.epochs, self.max_steps = grad_accum, epochs, max_steps
-        self.beta, self.epsilon, self.num_iterations = beta, epsilon, num_iterations
-        self.temperature, self.max_new_tokens = temperature, max_new_tokens
-        self.lr_scheduler, self.warmup_ratio = lr_scheduler, warmup_fraction(warmup_ratio)
-        self.max_grad_norm = max_grad_norm
-        self.mask_truncated_completions = mask_truncated_completions
-        self.gradient_checkpointing, self.dtype = gradient_checkpointing, training_dtype(dtype)
-        self.mixed_precision = mixed_precision_for(mixed_precision)
-        self.lora = dict(lora or {})
-        self.logging_steps = logging_steps
-        self.save_steps = save_steps
+    def __init__(self, **options):
+        self.options = o = self.Options.build(options)
+        for key in type(o).model_fields:
+            setattr(self, key, getattr(o, key))
+        self.dtype, self.mixed_precision = training_dtype(o.dtype), mixed_precision_for(o.mixed_precision)
+        self.lora = o.lora.model_dump()
 
     # what the subclass adds
     def _trainer_classes(self):
@@ -273,14 +268,17 @@ class _OnlineBase:
         return train_resumable(trainer, resume, tok, output_dir, last, ctx, reward)
 
 
+class GRPOOptions(GroupOptions):
+    CONF: ClassVar[str] = "optimizer/grpo"
+    loss_type: str  # TRL's GRPO loss (dapo, grpo, dr_grpo, bnpo, ...)
+    scale_rewards: str  # group | batch | none
+
+
 class GRPOOptimizer(_OnlineBase):
     """Group Relative Policy Optimization (Shao et al. 2024) through TRL's GRPOTrainer."""
 
     name = "grpo"
-
-    def __init__(self, loss_type: str = "dapo", scale_rewards: str = "group", **kw):
-        super().__init__(**kw)
-        self.loss_type, self.scale_rewards = loss_type, scale_rewards
+    Options = GRPOOptions
 
     def _trainer_classes(self):
         from trl import GRPOConfig, GRPOTrainer
@@ -291,14 +289,17 @@ class GRPOOptimizer(_OnlineBase):
         return {"loss_type": self.loss_type, "scale_rewards": self.scale_rewards}
 
 
+class RLOOOptions(GroupOptions):
+    CONF: ClassVar[str] = "optimizer/rloo"
+    normalize_advantages: bool
+
+
 class RLOOOptimizer(_OnlineBase):
     """REINFORCE Leave-One-Out (Ahmadian et al. 2024) through TRL's RLOOTrainer."""
 
     name = "rloo"
 
-    def __init__(self, beta: float = 0.05, normalize_advantages: bool = False, **kw):
-        super().__init__(beta=beta, **kw)
-        self.normalize_advantages = normalize_advantages
+    Options = RLOOOptions
 
     def _trainer_classes(self):
         from trl import RLOOConfig, RLOOTrainer

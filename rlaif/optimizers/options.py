@@ -1,0 +1,61 @@
+"""Options shared by the optimizers that train through transformers' Trainer (DPO, GRPO, RLOO,
+online DPO, constitutional SFT, the reward model). Each optimizer's own ``Options`` adds its
+keys; the defaults are in its YAML under conf/ (rlaif/options.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from rlaif.options import (
+    Count,
+    Lora,
+    MixedPrecision,
+    NonNegative,
+    Options,
+    Positive,
+    RewardReference,
+    RewardSource,
+    TrainDtype,
+)
+
+Epochs = Annotated[int | float, Field(gt=0)]
+
+
+class TrainingOptions(Options):
+    learning_rate: Positive
+    epochs: Epochs
+    batch_size: Count
+    grad_accum: Count
+    lr_scheduler: str
+    warmup_ratio: float
+    max_grad_norm: NonNegative  # 0: no clipping
+    dtype: TrainDtype
+    mixed_precision: MixedPrecision
+    logging_steps: Count
+    save_steps: Count | None  # checkpoint every this many steps (null: never); changes no weight
+    lora: Lora
+
+    @field_validator("warmup_ratio")
+    @classmethod
+    def _warmup(cls, v):
+        # TrainingArguments (transformers >= 5) reads a float below 1 as a share of the steps, 1 or more as steps
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"{v} must be in [0, 1): it is the share of the training steps spent warming the "
+                             "learning rate up (e.g. 0.1)")
+        return v
+
+
+class OnlineOptions(TrainingOptions):
+    """What every online optimizer adds: where its reward comes from (checked against the judge)."""
+
+    reward_source: RewardSource
+    reward_reference: RewardReference
+    max_steps: Count | None
+    temperature: Positive | None  # null: the generator's
+    max_new_tokens: Count | None  # null: the generator's
+    gradient_checkpointing: bool
+
+
+GenerationLoss = Literal["sigmoid", "ipo"]
