@@ -191,7 +191,7 @@ def _judge_compares_pairs(judge_cfg) -> bool:
 def validate(cfg: DictConfig) -> None:
     """Check names, types and combinations; raise ConfigError listing every problem."""
     from rlaif.criteria import REQUIRED_WORDING, Criterion, wording_problems
-    from rlaif.preferences import MODES
+    from rlaif.sections import section_problems
 
     c = _Checker(cfg)
     for group in GROUPS[:-1]:
@@ -201,9 +201,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(c.errors))
 
     c.need("seed", "int", low=0)
-    c.need("policy.model", "str")
-    c.need("policy.trust_remote_code", "bool")
-    c.need("policy.allow_pickle", "bool")
     from rlaif.manifest import literal_secrets
 
     for key in literal_secrets(OmegaConf.to_container(cfg, resolve=False)):  # the value is never shown
@@ -232,9 +229,6 @@ def validate(cfg: DictConfig) -> None:
     if kind in REQUIRED_WORDING and isinstance(c.get("criteria.name"), str):
         crit = Criterion.from_config(cfg.criteria)
         c.errors.extend(wording_problems(cfg.judge, crit))
-    # preferences
-    c.need("preferences.mode", "str", choices=MODES)
-    c.need("preferences.min_margin", "number", low=0)
     # components: each class's Options (types, ranges, choices); then what combines them
     c.errors += component_problems(cfg)
     c.need("optimizer.name", "str", choices=OPTIMIZERS)
@@ -259,38 +253,11 @@ def validate(cfg: DictConfig) -> None:
             c.errors.append(f"{key}: expected null, a positive int, or 'offline' (what the offline labelling spent), got {v!r}")
     if c.get("budget.judge_calls") is not None and c.get("budget.generated_tokens") is not None:
         c.errors.append("budget: set judge_calls or generated_tokens, not both")
-    # data
-    c.need("data.path", "str")
-    c.need("data.template", "str")
-    template = c.get("data.template")
-    if isinstance(template, str):
-        if "{text}" not in template:
-            c.errors.append("data.template: must contain {text}, where the prompt text goes")
-        else:
-            try:
-                template.format(text="x")
-            except (KeyError, IndexError, ValueError) as e:
-                c.errors.append(f"data.template: only {{text}} may appear in braces (got {e!r}); write literal braces as {{{{ }}}}")
-    c.need("data.num_train", "int", low=1)
-    c.need("data.num_eval", "int", low=1)
-    from rlaif.data import DUPLICATES, TRUNCATION
-
-    c.need("data.max_prompt_tokens", "int", low=1, optional=True)
-    c.need("data.truncation", "str", choices=TRUNCATION)
-    c.need("data.duplicates", "str", choices=DUPLICATES)
-    c.need("data.max_line_bytes", "int", low=1)
-    # evaluation
-    c.need("evaluation.samples_per_prompt", "int", low=1)
-    c.need("evaluation.kl_batch_size", "int", low=1)
-    c.need("evaluation.batch_size", "int", low=1)
-    c.need("evaluation.dtype", "str", choices=("auto", "float32", "bfloat16", "float16"))
-    c.need("evaluation.kl_dtype", "str", choices=("auto", "float32", "bfloat16"))
+    # the sections that are not components: policy, preferences, data, evaluation, diagnostics, cache
+    c.errors += section_problems(cfg)
     # tracker
     if c.get("tracker.mode") is not None:
         c.need("tracker.mode", "str", choices=("auto", "online", "offline", "disabled"))
-    c.need("diagnostics.enabled", "bool")
-    c.need("diagnostics.plot", "bool")
-    c.need("diagnostics.probe_items", "int", low=0)
     from rlaif.diagnostics.gate import GATES, SETTINGS
 
     for key, value in (c.get("diagnostics.gate") or {}).items():
@@ -301,6 +268,5 @@ def validate(cfg: DictConfig) -> None:
             c.errors.append(f"diagnostics.gate.{key}: unknown gate; choose from {', '.join(sorted(GATES | SETTINGS))}")
         elif value is not None and not (_num(value) and 0 <= value <= 1):
             c.errors.append(f"diagnostics.gate.{key}: expected a rate in [0, 1] or null, got {value!r}")
-    c.need("cache.enabled", "bool")
     if c.errors:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(c.errors))

@@ -1,0 +1,95 @@
+"""Typed options of the config sections that are not components (no ``_target_``): the policy,
+preferences, data, evaluation, diagnostics and cache. Their defaults are in conf/ (config.yaml
+and the group files); these models only say what a valid value is (rlaif/options.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from pydantic import Field, field_validator
+
+from rlaif.data.files import DUPLICATES
+from rlaif.data.truncation import TRUNCATION
+from rlaif.options import Count, Dtype, NonNegative, Options, Positive
+from rlaif.preferences import MODES
+
+TopP = Annotated[float, Field(gt=0, le=1)]
+
+
+class PolicyOptions(Options):
+    model: str  # local folder, hub id, or an embedded name
+    trust_remote_code: bool
+    allow_pickle: bool
+    prefer_hub: bool
+
+
+class PreferencesOptions(Options):
+    mode: Literal[MODES]
+    min_margin: NonNegative
+
+
+class DataOptions(Options):
+    path: str
+    text_field: str
+    template: str
+    system: str | None
+    num_train: Count
+    num_eval: Count
+    split_seed: Annotated[int, Field(ge=0)]
+    duplicates: Literal[DUPLICATES]
+    max_prompt_tokens: Count | None
+    truncation: Literal[TRUNCATION]
+    max_line_bytes: Count
+    gold: dict[str, Any] | None  # a judge config (``_target_``) that scores the task's gold reward
+
+    @field_validator("template")
+    @classmethod
+    def _one_slot(cls, v):
+        if "{text}" not in v:
+            raise ValueError("must contain {text}, where the prompt text goes")
+        try:
+            v.format(text="x")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"only {{text}} may appear in braces (got {e!r}); write literal braces as {{{{ }}}}") from None
+        return v
+
+
+class EvaluationOptions(Options):
+    samples_per_prompt: Count
+    temperature: Positive
+    top_p: TopP
+    max_new_tokens: Count
+    batch_size: Count
+    dtype: Dtype
+    kl_dtype: Literal["auto", "float32", "bfloat16"]
+    kl_batch_size: Count
+    table_rows: Annotated[int, Field(ge=0)]
+    heldout_judge: dict[str, Any] | None  # a judge config; checked when it is built
+    heldout_criteria: dict[str, Any] | None
+
+
+class DiagnosticsOptions(Options):
+    enabled: bool
+    plot: bool
+    probe_items: Annotated[int, Field(ge=0)]
+    gate: dict[str, Any]  # thresholds: checked by rlaif/diagnostics/gate.py's names in config.validate
+
+
+class CacheOptions(Options):
+    enabled: bool
+    dir: str
+
+
+SECTIONS: dict[str, type[Options]] = {"policy": PolicyOptions, "preferences": PreferencesOptions, "data": DataOptions,
+                                      "evaluation": EvaluationOptions, "diagnostics": DiagnosticsOptions,
+                                      "cache": CacheOptions}
+
+
+def section_problems(cfg: DictConfig) -> list[str]:
+    problems = []
+    for name, model in SECTIONS.items():
+        node = OmegaConf.select(cfg, name)
+        if isinstance(node, DictConfig):
+            problems += model.problems(OmegaConf.to_container(node, resolve=True), name)
+    return problems
