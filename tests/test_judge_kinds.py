@@ -381,8 +381,9 @@ def test_length_judge_in_tokens(tiny_model, pool):
 def test_regex_judge():
     p = [PROMPTS[0]] * 3
     texts = ["I'm sorry, I cannot help", "Sure: here it is", "SORRY"]
-    assert RegexJudge(pattern=r"\bsorry\b").score(p, texts) == [1.0, 0.0, 0.0]
-    assert RegexJudge(pattern=r"\bsorry\b", ignore_case=True).score(p, texts) == [1.0, 0.0, 1.0]
+    # conf/judge/rule_regex.yaml's defaults are ignore_case: true, invert: true; each case sets both
+    assert RegexJudge(pattern=r"\bsorry\b", ignore_case=False, invert=False).score(p, texts) == [1.0, 0.0, 0.0]
+    assert RegexJudge(pattern=r"\bsorry\b", ignore_case=True, invert=False).score(p, texts) == [1.0, 0.0, 1.0]
     assert RegexJudge(pattern=r"\bsorry\b", ignore_case=True, invert=True).score(p, texts) == [0.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="not a valid regular expression"):
         RegexJudge(pattern="(unclosed")
@@ -411,7 +412,8 @@ HAND = {"vader": [1.0, 1.0], "length": [0.0, 0.5], "regex": [0.5, 0.5]}
 
 
 def _members():
-    return [VaderJudge(), LengthJudge(target=None, prefer="longer"), RegexJudge(pattern="film")]
+    return [VaderJudge(), LengthJudge(target=None, prefer="longer"),
+            RegexJudge(pattern="film", ignore_case=False, invert=False)]
 
 
 def test_panel_aggregations_match_hand_computation():

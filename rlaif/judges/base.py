@@ -24,9 +24,28 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from rlaif.criteria import Criterion
+from rlaif.options import Count, Dtype, Options
 from rlaif.types import Candidate, Judgment, PairwiseVerdict, Prompt
+
+Seed = Annotated[int, Field(ge=0)]
+
+
+class ModelJudgeOptions(Options):
+    """The options of every judge that runs a model: which one, in what dtype, how many sequences at once."""
+
+    model: str
+    dtype: Dtype
+    batch_size: Count
+
+
+def with_given(options: dict, **explicit) -> dict:
+    """``options`` plus the explicit (positional) arguments that were passed; None = not given (the YAML's)."""
+    return {**options, **{k: v for k, v in explicit.items() if v is not None}}
 
 
 def _finite(x: float | None) -> bool:

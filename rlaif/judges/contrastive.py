@@ -8,25 +8,38 @@ bias by construction; one forward pass per (response, instruction). Related to R
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from rlaif.backends import make_backend
 from rlaif.criteria import Criterion
-from rlaif.judges.base import Judge
+from rlaif.judges.base import Judge, ModelJudgeOptions, Seed, with_given
 from rlaif.types import Prompt
 
 
+class ContrastiveOptions(ModelJudgeOptions):
+    """``judge=contrastive``: every option, documented with its default in conf/judge/contrastive.yaml."""
+
+    CONF: ClassVar[str] = "judge/contrastive"
+    seed: Seed
+
+
 class ContrastiveJudge(Judge):
+    """Keyword arguments override the YAML's defaults (``ContrastiveOptions``); ``model`` and ``dtype``
+    may also come positionally. Teacher forcing needs a local model, so there is no ``api`` option."""
+
     kind = "contrastive"
     pointwise = True
+    Options = ContrastiveOptions
 
-    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "auto",
-                 batch_size: int = 16, name: str | None = None, backend=None, api: dict | None = None,
-                 seed: int = 0, **_unused):
+    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str | None = None, *,
+                 name: str | None = None, backend=None, **options):
         criterion.require(self.kind)
         super().__init__(criterion, name)
-        self.backend = make_backend(pool, model, dtype, batch_size, api, backend)
+        self.options = o = ContrastiveOptions.build(with_given(options, model=model, dtype=dtype), "judge")
+        self.backend = make_backend(pool, o.model, o.dtype, o.batch_size, None, backend)
         self.positive = criterion.get("contrastive.positive")
         self.negative = criterion.get("contrastive.negative")
-        self.seed = seed
+        self.seed = o.seed
 
     def principle(self, prompt: Prompt) -> str | None:
         """A constitution's principle for this prompt (seeded): all its candidates share it, so

@@ -13,11 +13,13 @@ the last ``rank``).
 from __future__ import annotations
 
 import re
+from typing import Any, ClassVar
 
 from rlaif.backends import make_backend
 from rlaif.criteria import Criterion
-from rlaif.judges.base import Judge, rank_by_pairs
+from rlaif.judges.base import Judge, ModelJudgeOptions, Seed, rank_by_pairs, with_given
 from rlaif.judges.pointwise import principle_line, task_text
+from rlaif.options import Count, NonNegative
 from rlaif.types import Prompt
 
 TEMPLATE = (
@@ -94,23 +96,38 @@ def p_first_slot(verdict: str | None) -> float | None:
     return {"A": 1.0, "B": 0.0, "tie": 0.5}.get(verdict) if verdict else None
 
 
+class GenerativeOptions(ModelJudgeOptions):
+    """``judge=generative``: every option, documented with its default in conf/judge/generative.yaml."""
+
+    CONF: ClassVar[str] = "judge/generative"
+    chain_of_thought: bool
+    max_new_tokens: Count | None  # None = 24 without chain of thought, 512 with it
+    temperature: NonNegative
+    few_shot: bool
+    seed: Seed
+    api: dict[str, Any] | None  # APIBackend's settings; null = a local model
+
+
 class GenerativeJudge(Judge):
+    """Keyword arguments override the YAML's defaults (``GenerativeOptions``); ``model`` and ``dtype``
+    may also come positionally."""
+
     kind = "generative"
     pointwise = False
+    Options = GenerativeOptions
 
-    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "auto",
-                 batch_size: int = 8, chain_of_thought: bool = False, max_new_tokens: int | None = None,
-                 temperature: float = 0.0, few_shot: bool = True, seed: int = 0, name: str | None = None,
-                 backend=None, api: dict | None = None, **_unused):
+    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str | None = None, *,
+                 name: str | None = None, backend=None, **options):
         criterion.require(self.kind)
         super().__init__(criterion, name)
-        self.backend = make_backend(pool, model, dtype, batch_size, api, backend)
+        self.options = o = GenerativeOptions.build(with_given(options, model=model, dtype=dtype), "judge")
+        self.backend = make_backend(pool, o.model, o.dtype, o.batch_size, o.api, backend)
         self.instruction = criterion.get("generative.instruction")
-        self.chain_of_thought = bool(chain_of_thought)
-        self.max_new_tokens = max_new_tokens or (512 if chain_of_thought else 24)
-        self.temperature = temperature
-        self.few_shot = criterion.few_shot_text() if few_shot else ""
-        self.seed = seed
+        self.chain_of_thought = o.chain_of_thought
+        self.max_new_tokens = o.max_new_tokens or (512 if o.chain_of_thought else 24)
+        self.temperature = o.temperature
+        self.few_shot = criterion.few_shot_text() if o.few_shot else ""
+        self.seed = o.seed
         self.last_raw: list[dict] = []  # per item of the last compare(): raw texts, parsed verdicts, principle
         self.verdict_details: list[dict] = []  # per verdict of the last rank(), aligned with its verdicts
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field
 
 from rlaif.backends import make_backend
 from rlaif.criteria import Criterion
-from rlaif.judges.base import Judge, rank_by_pairs
+from rlaif.judges.base import Judge, ModelJudgeOptions, Seed, rank_by_pairs, with_given
+from rlaif.options import Fraction
 from rlaif.types import Prompt
 
 TEMPLATE = (
@@ -26,22 +30,34 @@ TEMPLATE = (
 )
 
 
+class PairwiseOptions(ModelJudgeOptions):
+    """``judge=pairwise``: every option, documented with its default in conf/judge/pairwise.yaml."""
+
+    CONF: ClassVar[str] = "judge/pairwise"
+    answer_tokens: Annotated[list[str], Field(min_length=2, max_length=2)]
+    api: dict[str, Any] | None  # APIBackend's settings; null = a local model
+    swap_fraction: Fraction
+    parse_fallback: bool
+    seed: Seed
+
+
 class PairwiseJudge(Judge):
+    """Keyword arguments override the YAML's defaults (``PairwiseOptions``); ``model`` and ``dtype``
+    may also come positionally."""
+
     kind = "pairwise"
     pointwise = False
+    Options = PairwiseOptions
 
-    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "auto",
-                 batch_size: int = 8, answer_tokens: tuple[str, str] = ("1", "2"), name: str | None = None,
-                 backend=None, api: dict | None = None, swap_fraction: float = 1.0, parse_fallback: bool = True,
-                 seed: int = 0, **_unused):
+    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str | None = None, *,
+                 name: str | None = None, backend=None, **options):
         criterion.require(self.kind)
         super().__init__(criterion, name)
-        self.backend = make_backend(pool, model, dtype, batch_size, api, backend)
+        self.options = o = PairwiseOptions.build(with_given(options, model=model, dtype=dtype), "judge")
+        self.backend = make_backend(pool, o.model, o.dtype, o.batch_size, o.api, backend)
         self.question = criterion.get("pairwise.question")
-        self.answer_tokens = tuple(answer_tokens)
-        if not 0.0 <= swap_fraction <= 1.0:
-            raise ValueError(f"judge.swap_fraction must be in [0, 1], got {swap_fraction}")
-        self.swap_fraction, self.parse_fallback, self.seed = swap_fraction, parse_fallback, seed
+        self.answer_tokens = tuple(o.answer_tokens)
+        self.swap_fraction, self.parse_fallback, self.seed = o.swap_fraction, o.parse_fallback, o.seed
         self.last_swapped: list[bool] = []
         self.last_details: list[dict] = []
 

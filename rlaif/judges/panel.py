@@ -23,27 +23,33 @@ aligned with the items, or with the verdicts of the last ``rank``) for inter-jud
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import Any, ClassVar, Literal, get_args
 
 from omegaconf import OmegaConf
+from pydantic import model_validator
 
 from rlaif.criteria import Criterion, weighted_criteria
-from rlaif.judges.base import Judge, rank_by_pairs
+from rlaif.judges.base import Judge, ModelJudgeOptions, rank_by_pairs, with_given
+from rlaif.options import NonNegative
 from rlaif.types import Prompt
 
-AGGREGATIONS = ("mean", "weights", "majority")
+Aggregation = Literal["mean", "weights", "majority"]
+AGGREGATIONS = get_args(Aggregation)
 
 
 def _ok(x) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def build_judge(spec, criterion: Criterion, pool=None, backend=None, api=None, defaults: dict | None = None) -> Judge:
+def build_judge(spec, criterion: Criterion, pool=None, backend=None, defaults: dict | None = None) -> Judge:
     """A judge from a config with ``_target_`` (or a ready Judge), given the shared runtime args.
 
-    ``defaults`` (model, dtype, batch_size) fill keys the member config does not set itself.
+    ``defaults`` (model, dtype, batch_size) fill the keys the member config does not set itself,
+    where the member's class has them (a rule judge has no model); ``backend`` likewise.
     """
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
 
     if isinstance(spec, Judge):
         return spec
@@ -52,15 +58,20 @@ def build_judge(spec, criterion: Criterion, pool=None, backend=None, api=None, d
     if not isinstance(spec, dict) or "_target_" not in spec:
         raise ValueError(f"a member judge needs a config with _target_ (e.g. rlaif.judges.PointwiseJudge); got {spec!r}")
     spec = dict(spec)
+    cls = get_class(spec["_target_"])
     for k, v in (defaults or {}).items():
-        if v is not None:
+        if v is not None and _takes(cls, k):
             spec.setdefault(k, v)
-    if api is not None:
-        spec.setdefault("api", api)
     shared = {"criterion": criterion, "pool": pool}
-    if backend is not None:
+    if backend is not None and _takes(cls, "backend"):
         shared["backend"] = backend
     return instantiate(spec, _partial_=True)(**shared)
+
+
+def _takes(cls, key: str) -> bool:
+    """Whether a judge class has ``key``: one of its options, or a parameter of its own."""
+    options = getattr(cls, "Options", None)
+    return (options is not None and key in options.model_fields) or key in inspect.signature(cls).parameters
 
 
 def aggregate(probs: list[float | None], weights: list[float], how: str) -> float | None:
@@ -113,39 +124,50 @@ def _mean2(first, second) -> float | None:
     return 0.5 * (first + second) if _ok(first) and _ok(second) else None
 
 
+class PanelOptions(ModelJudgeOptions):
+    """``judge=panel``: every option, documented with its default in conf/judge/panel.yaml. ``model``,
+    ``dtype`` and ``batch_size`` fill what a member leaves out; each member checks its own options."""
+
+    CONF: ClassVar[str] = "judge/panel"
+    aggregation: Aggregation
+    weights: list[NonNegative] | None  # one per member (aggregation: weights or majority)
+    members: list[Any]  # member judge configs (with _target_) or ready judges
+
+    @model_validator(mode="after")
+    def _weights(self):
+        if not self.members:
+            raise ValueError("members: a panel needs at least one member judge")
+        if self.aggregation == "weights" and self.weights is None:
+            raise ValueError("weights: aggregation: weights needs judge.weights, one number per member")
+        if self.aggregation == "mean" and self.weights is not None:
+            raise ValueError("weights: aggregation: mean takes no weights; use aggregation: weights")
+        if self.weights is not None:
+            if len(self.weights) != len(self.members):
+                raise ValueError(f"weights: {self.weights} must be {len(self.members)} numbers >= 0 (one per member)")
+            if sum(self.weights) <= 0:
+                raise ValueError("weights: the weights sum to 0")
+        return self
+
+
 class PanelJudge(Judge):
+    """Keyword arguments override the YAML's defaults (``PanelOptions``); ``members`` and
+    ``aggregation`` may also come positionally."""
+
     kind = "panel"
     pointwise = False
+    Options = PanelOptions
 
-    def __init__(self, criterion: Criterion, members: list, aggregation: str = "mean",
-                 weights: list[float] | None = None, pool=None, model: str | None = None, dtype: str = "auto",
-                 batch_size: int = 8, name: str | None = None, backend=None, api: dict | None = None, **_unused):
+    def __init__(self, criterion: Criterion, members: list | None = None, aggregation: str | None = None, *,
+                 pool=None, name: str | None = None, backend=None, **options):
         criterion = criterion or Criterion("panel", "each member's own criterion")  # rule-only panels need none
         super().__init__(criterion, name)
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"panel aggregation '{aggregation}' is not one of {', '.join(AGGREGATIONS)}")
-        if OmegaConf.is_config(members):
-            members = OmegaConf.to_container(members, resolve=True)
-        if not members:
-            raise ValueError("a panel needs at least one member judge (judge.members)")
-        if OmegaConf.is_config(weights):
-            weights = OmegaConf.to_container(weights, resolve=True)
-        if aggregation == "weights" and weights is None:
-            raise ValueError("aggregation: weights needs judge.weights, one number per member")
-        if aggregation == "mean" and weights is not None:
-            raise ValueError("aggregation: mean takes no weights; use aggregation: weights")
-        if weights is not None:
-            if len(weights) != len(members) or not all(
-                    isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights):
-                raise ValueError(f"judge.weights must be {len(members)} numbers >= 0 (one per member), got {weights}")
-            if sum(weights) <= 0:
-                raise ValueError("judge.weights sum to 0")
-        self.aggregation = aggregation
-        self.weights = [float(w) for w in weights] if weights is not None else [1.0] * len(members)
-        defaults = {"model": model, "dtype": dtype, "batch_size": batch_size}
+        self.options = o = PanelOptions.build(with_given(options, members=members, aggregation=aggregation), "judge")
+        self.aggregation = o.aggregation
+        self.weights = list(o.weights) if o.weights is not None else [1.0] * len(o.members)
+        defaults = {"model": o.model, "dtype": o.dtype, "batch_size": o.batch_size}
         self.members: dict[str, Judge] = {}
-        for spec in members:
-            j = build_judge(spec, criterion, pool, backend, api, defaults)
+        for spec in o.members:
+            j = build_judge(spec, criterion, pool, backend, defaults)
             key, n = j.name, 2
             while key in self.members:  # two members of one kind and model still need distinct names
                 key, n = f"{j.name}#{n}", n + 1
@@ -190,6 +212,15 @@ class PanelJudge(Judge):
         return judgments, verdicts
 
 
+class MultiCriterionOptions(ModelJudgeOptions):
+    """``judge=multi_criterion``: every option, documented with its default in conf/judge/multi_criterion.yaml.
+    ``model``, ``dtype`` and ``batch_size`` fill what the member config leaves out."""
+
+    CONF: ClassVar[str] = "judge/multi_criterion"
+    judge: dict[str, Any]  # the member judge config (with _target_), built once per criterion
+    criteria: list[Any] | None  # [{name, weight}, ...]; empty or null = the composed criterion alone
+
+
 class MultiCriterionJudge(Judge):
     """One judge kind on several criteria, aggregated with weights.
 
@@ -204,23 +235,20 @@ class MultiCriterionJudge(Judge):
     """
 
     kind = "multi_criterion"
+    Options = MultiCriterionOptions
 
-    def __init__(self, criterion: Criterion | None = None, judge=None, criteria: list | None = None, pool=None,
-                 model: str | None = None, dtype: str = "auto", batch_size: int = 8, name: str | None = None,
-                 backend=None, api: dict | None = None, **_unused):
-        if judge is None:
-            raise ValueError("multi_criterion needs judge.judge: the member judge config (with _target_)")
-        if criteria is not None and OmegaConf.is_config(criteria):
-            criteria = OmegaConf.to_container(criteria, resolve=True)
-        if not criteria and criterion is None:
+    def __init__(self, criterion: Criterion | None = None, judge: dict | None = None, criteria: list | None = None, *,
+                 pool=None, name: str | None = None, backend=None, **options):
+        self.options = o = MultiCriterionOptions.build(with_given(options, judge=judge, criteria=criteria), "judge")
+        if not o.criteria and criterion is None:
             raise ValueError("multi_criterion needs judge.criteria: [{name: <criteria file>, weight: <number>}, ...]")
-        components = weighted_criteria(criteria) if criteria else weighted_criteria([criterion])
+        components = weighted_criteria(o.criteria) if o.criteria else weighted_criteria([criterion])
         names = [c.name for c, _ in components]
         desc = "weighted criteria: " + ", ".join(f"{c.name} x{w:g}" for c, w in components)
         super().__init__(Criterion("+".join(names), desc), name)
         self.weights = {c.name: w for c, w in components}
-        defaults = {"model": model, "dtype": dtype, "batch_size": batch_size}
-        self.judges = {c.name: build_judge(judge, c, pool, backend, api, defaults) for c, _ in components}
+        defaults = {"model": o.model, "dtype": o.dtype, "batch_size": o.batch_size}
+        self.judges = {c.name: build_judge(o.judge, c, pool, backend, defaults) for c, _ in components}
         kinds = {j.pointwise for j in self.judges.values()}
         self.pointwise = kinds.pop()
         self.last_per_criterion: dict[str, list] = {}

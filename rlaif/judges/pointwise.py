@@ -20,10 +20,13 @@ never a default.
 from __future__ import annotations
 
 import math
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, field_validator, model_validator
 
 from rlaif.backends import make_backend
 from rlaif.criteria import Criterion
-from rlaif.judges.base import Judge
+from rlaif.judges.base import Judge, ModelJudgeOptions, Seed, with_given
 from rlaif.types import Prompt
 
 TEMPLATE = (
@@ -61,26 +64,52 @@ def expected_rating(logps: list[float | None], ratings: list[int]) -> float | No
     return sum(r * x for r, x in w) / z
 
 
+class PointwiseOptions(ModelJudgeOptions):
+    """``judge=pointwise``: every option, documented with its default in conf/judge/pointwise.yaml."""
+
+    CONF: ClassVar[str] = "judge/pointwise"
+    min_rating: int
+    max_rating: int
+    min_rating_mass: Annotated[float, Field(ge=0, lt=1)]
+    few_shot: bool
+    seed: Seed
+    api: dict[str, Any] | None  # APIBackend's settings; null = a local model
+
+    @field_validator("min_rating", "max_rating")
+    @classmethod
+    def _digit(cls, v):
+        if not 0 <= v <= 9:
+            raise ValueError(f"{v} is not a single digit: pointwise ratings must be single digits (0 to 9), "
+                             "since multi-digit ratings are several tokens")
+        return v
+
+    @model_validator(mode="after")
+    def _scale(self):
+        if self.min_rating >= self.max_rating:
+            raise ValueError(f"min_rating ({self.min_rating}) must be < max_rating ({self.max_rating}): the ratings "
+                             "are single digits with 0 <= min_rating < max_rating <= 9")
+        return self
+
+
 class PointwiseJudge(Judge):
+    """Keyword arguments override the YAML's defaults (``PointwiseOptions``); ``model`` and ``dtype``
+    may also come positionally."""
+
     kind = "pointwise"
     pointwise = True
+    Options = PointwiseOptions
 
-    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str = "auto",
-                 batch_size: int = 8, min_rating: int = 1, max_rating: int = 9, min_rating_mass: float = 0.0,
-                 few_shot: bool = True, seed: int = 0, name: str | None = None, backend=None, api: dict | None = None, **_unused):
+    def __init__(self, criterion: Criterion, pool=None, model: str | None = None, dtype: str | None = None, *,
+                 name: str | None = None, backend=None, **options):
         criterion.require(self.kind)
         super().__init__(criterion, name)
-        if not (0 <= min_rating < max_rating <= 9):
-            raise ValueError(f"pointwise ratings must be single digits with 0 <= min_rating < max_rating <= 9 "
-                             f"(got {min_rating}..{max_rating}): multi-digit ratings are several tokens")
-        self.backend = make_backend(pool, model, dtype, batch_size, api, backend)
+        self.options = o = PointwiseOptions.build(with_given(options, model=model, dtype=dtype), "judge")
+        self.backend = make_backend(pool, o.model, o.dtype, o.batch_size, o.api, backend)
         self.question = criterion.get("pointwise.question")
-        if not 0.0 <= min_rating_mass < 1.0:
-            raise ValueError(f"min_rating_mass must be in [0, 1), got {min_rating_mass}")
-        self.ratings = list(range(min_rating, max_rating + 1))
-        self.min_rating_mass = float(min_rating_mass)
-        self.few_shot = criterion.few_shot_text() if few_shot else ""
-        self.seed = seed
+        self.ratings = list(range(o.min_rating, o.max_rating + 1))
+        self.min_rating_mass = o.min_rating_mass
+        self.few_shot = criterion.few_shot_text() if o.few_shot else ""
+        self.seed = o.seed
         self.last_details: list[dict] = []  # per response of the last score() call (rank reads the memo)
 
     @property

@@ -12,28 +12,50 @@ token, which must stay.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
+from pydantic import field_validator
 
 from rlaif.criteria import Criterion
-from rlaif.judges.base import Judge
+from rlaif.judges.base import Judge, ModelJudgeOptions, with_given
 from rlaif.models import load_tokenizer, resolve_model, torch_dtype
+from rlaif.options import Count
 from rlaif.types import Prompt
 
 
+class RewardModelOptions(ModelJudgeOptions):
+    """``judge=reward_model``: every option, documented with its default in conf/judge/reward_model.yaml."""
+
+    CONF: ClassVar[str] = "judge/reward_model"
+    max_length: Count
+    trust_remote_code: bool
+    device: str  # auto = cuda when available, else cpu
+
+    @field_validator("model")
+    @classmethod
+    def _named(cls, v):
+        if not v:
+            raise ValueError("the reward_model judge needs a local folder or hub id of a sequence-classification "
+                             "reward model")
+        return v
+
+
 class RewardModelJudge(Judge):
+    """Keyword arguments override the YAML's defaults (``RewardModelOptions``); ``model`` may also come
+    positionally (after the criterion)."""
+
     kind = "reward_model"
     pointwise = True
+    Options = RewardModelOptions
 
-    def __init__(self, criterion: Criterion, model: str, pool=None, dtype: str = "auto", batch_size: int = 8,
-                 max_length: int = 2048, trust_remote_code: bool = False, device: str = "auto",
-                 name: str | None = None, **_unused):
+    def __init__(self, criterion: Criterion, model: str | None = None, pool=None, *, name: str | None = None,
+                 **options):
         super().__init__(criterion, name)
-        if not model:
-            raise ValueError("the reward_model judge needs judge.model: a local folder or hub id of a "
-                             "sequence-classification reward model")
-        self.model_name, self.pool, self.dtype = model, pool, dtype
-        self.batch_size, self.max_length, self.trust_remote_code = batch_size, max_length, trust_remote_code
-        self.device = device
+        self.options = o = RewardModelOptions.build(with_given(options, model=model), "judge")
+        self.model_name, self.pool, self.dtype = o.model, pool, o.dtype
+        self.batch_size, self.max_length, self.trust_remote_code = o.batch_size, o.max_length, o.trust_remote_code
+        self.device = o.device
         self._tok = self._model = self._resolved = None
 
     @property

@@ -13,9 +13,13 @@ import math
 import numbers
 import re
 from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+from pydantic import Field, field_validator
 
 from rlaif.criteria import Criterion
 from rlaif.judges.base import Judge
+from rlaif.options import Options
 from rlaif.types import Prompt
 
 
@@ -23,15 +27,23 @@ def _criterion(criterion: Criterion | None, name: str, description: str) -> Crit
     return criterion or Criterion(name, description)
 
 
+class VaderOptions(Options):
+    """``judge=rule``: VADER has no options (conf/judge/rule.yaml names only the class and kind)."""
+
+    CONF: ClassVar[str] = "judge/rule"
+
+
 class VaderJudge(Judge):
     """VADER compound sentiment of the response alone, in [-1, 1]."""
 
     kind = "rule"
     pointwise = True
+    Options = VaderOptions
 
-    def __init__(self, criterion: Criterion | None = None, name: str | None = None, **_unused):
+    def __init__(self, criterion: Criterion | None = None, pool=None, *, name: str | None = None, **options):
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+        self.options = VaderOptions.build(options, "judge")
         super().__init__(_criterion(criterion, "positive_sentiment", "VADER compound sentiment"), name)
         self._analyzer = SentimentIntensityAnalyzer()
 
@@ -43,31 +55,41 @@ class VaderJudge(Judge):
         return [float(self._analyzer.polarity_scores(r)["compound"]) for r in responses]
 
 
+Unit = Literal["words", "chars", "tokens"]
+
+
+class LengthOptions(Options):
+    """``judge=rule_length``: every option, documented with its default in conf/judge/rule_length.yaml."""
+
+    CONF: ClassVar[str] = "judge/rule_length"
+    unit: Unit
+    target: Annotated[int, Field(ge=0)] | None  # None = use ``prefer``
+    prefer: Literal["longer", "shorter"]
+
+
 class LengthJudge(Judge):
     """Length of the response: ``-|length - target|`` when ``target`` is set, else ``+length``
     (``prefer: longer``) or ``-length`` (``prefer: shorter``).
 
     ``unit``: ``words`` (whitespace-separated), ``chars``, or ``tokens`` (the tokenizer of
-    ``model``, loaded through the pool on first use).
+    ``model``, loaded through the pool on first use). Keyword arguments override the YAML's
+    defaults (``LengthOptions``); ``model`` is not an option of its own (the YAML has none):
+    it is the judge model a panel or ``+judge.model`` gives, needed only for ``unit: tokens``.
     """
 
     kind = "rule_length"
     pointwise = True
-    UNITS = ("words", "chars", "tokens")
+    UNITS = get_args(Unit)
+    Options = LengthOptions
 
-    def __init__(self, criterion: Criterion | None = None, unit: str = "words", target: int | None = None,
-                 prefer: str = "shorter", model: str | None = None, pool=None, name: str | None = None, **_unused):
+    def __init__(self, criterion: Criterion | None = None, pool=None, *, model: str | None = None,
+                 name: str | None = None, **options):
         super().__init__(_criterion(criterion, "length", "response length"), name)
-        if unit not in self.UNITS:
-            raise ValueError(f"length unit '{unit}' is not one of {', '.join(self.UNITS)}")
-        if prefer not in ("longer", "shorter"):
-            raise ValueError(f"prefer '{prefer}' is not one of longer, shorter")
-        if target is not None and (not isinstance(target, int) or isinstance(target, bool) or target < 0):
-            raise ValueError(f"target must be a non-negative integer or null, got {target!r}")
-        if unit == "tokens" and (model is None or pool is None):
+        self.options = o = LengthOptions.build(options, "judge")
+        if o.unit == "tokens" and (model is None or pool is None):
             raise ValueError("unit: tokens needs judge.model (whose tokenizer counts) and a model pool")
         # (not self.prefer: that is the Judge's preference method)
-        self.unit, self.target, self.direction, self.model_name, self.pool = unit, target, prefer, model, pool
+        self.unit, self.target, self.direction, self.model_name, self.pool = o.unit, o.target, o.prefer, model, pool
 
     @property
     def name(self) -> str:
@@ -96,22 +118,39 @@ class LengthJudge(Judge):
         return out
 
 
+class RegexOptions(Options):
+    """``judge=rule_regex``: every option, documented with its default in conf/judge/rule_regex.yaml."""
+
+    CONF: ClassVar[str] = "judge/rule_regex"
+    pattern: str  # a Python regex, non-empty
+    ignore_case: bool
+    invert: bool
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v):
+        if not v:
+            raise ValueError("the regex judge needs a non-empty pattern")
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"{v!r} is not a valid regular expression: {e}") from None
+        return v
+
+
 class RegexJudge(Judge):
-    """1.0 when ``pattern`` is found in the response (``re.search``), else 0.0; ``invert`` swaps."""
+    """1.0 when ``pattern`` is found in the response (``re.search``), else 0.0; ``invert`` swaps.
+    Keyword arguments override the YAML's defaults (``RegexOptions``)."""
 
     kind = "rule_regex"
     pointwise = True
+    Options = RegexOptions
 
-    def __init__(self, criterion: Criterion | None = None, pattern: str = "", invert: bool = False,
-                 ignore_case: bool = False, name: str | None = None, **_unused):
-        super().__init__(_criterion(criterion, "regex", f"matches {pattern!r}"), name)
-        if not pattern:
-            raise ValueError("the regex judge needs a non-empty judge.pattern")
-        try:
-            self.regex = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
-        except re.error as e:
-            raise ValueError(f"judge.pattern {pattern!r} is not a valid regular expression: {e}") from None
-        self.invert = bool(invert)
+    def __init__(self, criterion: Criterion | None = None, pool=None, *, name: str | None = None, **options):
+        self.options = o = RegexOptions.build(options, "judge")
+        super().__init__(_criterion(criterion, "regex", f"matches {o.pattern!r}"), name)
+        self.regex = re.compile(o.pattern, re.IGNORECASE if o.ignore_case else 0)
+        self.invert = o.invert
 
     @property
     def name(self) -> str:
@@ -139,6 +178,21 @@ def resolve_callable(path: str) -> Callable:
     return obj
 
 
+class CallableOptions(Options):
+    """``CallableJudge``: no YAML of its own, so ``function`` has no default and must be given."""
+
+    function: Any  # "package.module:function", or the callable itself
+
+    @field_validator("function")
+    @classmethod
+    def _callable(cls, v):
+        if isinstance(v, str):
+            resolve_callable(v)  # raises naming what is wrong with the path
+        elif not callable(v):
+            raise ValueError(f"{v!r} is not callable")
+        return v
+
+
 class CallableJudge(Judge):
     """A Python function ``(prompt_text, response) -> float``, named by import path.
 
@@ -149,14 +203,14 @@ class CallableJudge(Judge):
 
     kind = "rule_callable"
     pointwise = True
+    Options = CallableOptions
 
-    def __init__(self, criterion: Criterion | None = None, function: str | Callable = "", name: str | None = None,
-                 **_unused):
+    def __init__(self, criterion: Criterion | None = None, pool=None, *, name: str | None = None, **options):
+        self.options = o = CallableOptions.build(options, "judge")
+        function = o.function
         super().__init__(_criterion(criterion, "callable", str(function)), name)
         self.function_path = function if isinstance(function, str) else f"{function.__module__}:{function.__qualname__}"
         self.fn = resolve_callable(function) if isinstance(function, str) else function
-        if not callable(self.fn):
-            raise ValueError(f"function {function!r} is not callable")
 
     @property
     def name(self) -> str:
