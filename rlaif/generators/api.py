@@ -13,8 +13,13 @@ its requests failed, and stops when more than ``max_failed_share`` of them did (
 from __future__ import annotations
 
 import logging
+from typing import Annotated, Any, ClassVar
 
-from rlaif.backends.api import MAX_RETRY_AFTER_S, ChatClient, plain, public_url
+from pydantic import Field
+
+from rlaif.backends.api import ChatClient, plain, public_url
+from rlaif.generators.hf import SamplingOptions
+from rlaif.options import Count, Fraction, NonNegative, Positive
 from rlaif.types import Candidate, Prompt
 
 log = logging.getLogger(__name__)
@@ -31,26 +36,46 @@ def _completion(data: dict) -> tuple[str, int, bool]:
     return text.strip(), n, choice.get("finish_reason") == "stop"
 
 
+class APIGeneratorOptions(SamplingOptions):
+    """``generator=api``: every option, documented with its default in conf/generator/api.yaml
+    (``batch_size`` and ``dtype`` are read by no one here; they keep every generator validating alike)."""
+
+    CONF: ClassVar[str] = "generator/api"
+    base_url: str  # includes /v1 (ChatClient checks the scheme)
+    api_key_env: str | None  # the NAME of the env var holding the key
+    max_concurrency: Count
+    timeout_s: Positive
+    max_retries: Annotated[int, Field(ge=0)]
+    backoff_s: NonNegative
+    max_retry_after_s: NonNegative
+    max_failed_share: Fraction
+    requests_per_minute: Positive | None
+    price_per_1k_prompt: NonNegative
+    price_per_1k_completion: NonNegative
+    extra_body: dict[str, Any] | None
+
+
 class APIGenerator:
-    def __init__(self, model: str, base_url: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 num_candidates: int = 4, max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0,
-                 max_concurrency: int = 4, timeout_s: float = 60, max_retries: int = 4, top_k: int = 0,
-                 backoff_s: float = 1.0, requests_per_minute: float | None = None,
-                 price_per_1k_prompt: float = 0.0, price_per_1k_completion: float = 0.0,
-                 extra_body: dict | None = None, max_retry_after_s: float = MAX_RETRY_AFTER_S,
-                 max_failed_share: float = 0.0, **_unused):
-        if not model:
+    """Keyword arguments override the YAML's defaults (``APIGeneratorOptions``); ``model`` may also
+    come positionally."""
+
+    Options = APIGeneratorOptions
+
+    def __init__(self, model: str | None = None, **options):
+        given = {**options, "model": model} if model is not None else options
+        self.options = o = APIGeneratorOptions.build(given, "generator")
+        if not o.model:
             raise ValueError("APIGenerator needs a model id (the server's name for the model)")
-        self.model_name = str(model)
-        self.num_candidates = int(num_candidates)
-        self.max_new_tokens = int(max_new_tokens)
-        self.temperature = float(temperature)
-        self.top_p = float(top_p)
-        self.top_k = int(top_k or 0)
-        self.extra_body = plain(extra_body or {})
-        self.client = ChatClient(base_url, api_key_env, max_concurrency, timeout_s, max_retries, backoff_s,
-                                 price_per_1k_prompt, price_per_1k_completion, requests_per_minute,
-                                 max_retry_after_s, max_failed_share)
+        self.model_name = o.model
+        self.num_candidates = o.num_candidates
+        self.max_new_tokens = o.max_new_tokens
+        self.temperature = o.temperature
+        self.top_p = o.top_p
+        self.top_k = o.top_k
+        self.extra_body = plain(o.extra_body or {})
+        self.client = ChatClient(o.base_url, o.api_key_env, o.max_concurrency, o.timeout_s, o.max_retries, o.backoff_s,
+                                 o.price_per_1k_prompt, o.price_per_1k_completion, o.requests_per_minute,
+                                 o.max_retry_after_s, o.max_failed_share)
         self.failures = 0  # failed requests (= missing candidates) in the last sample() call
 
     def __repr__(self) -> str:

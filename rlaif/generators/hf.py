@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from typing import Annotated, ClassVar
 
 import torch
+from pydantic import Field
 from tqdm.auto import tqdm
 
+from rlaif.options import Count, Dtype, Options, Positive
 from rlaif.scoring import chat_prefix_ids, left_pad
 from rlaif.types import Candidate, Prompt
 
@@ -37,24 +40,43 @@ _NEUTRAL = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_repet
             "sequence_bias": None, "exponential_decay_length_penalty": None, "length_penalty": 1.0}
 
 
+class SamplingOptions(Options):
+    """What every generator reads (config.validate checks all generators alike): the model, how many
+    candidates, how long, how they are sampled, and the local batch size and dtype."""
+
+    model: str
+    num_candidates: Count  # the pipeline needs >= 2 to form pairs; a generator itself can sample one
+    max_new_tokens: Count
+    temperature: Positive
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    top_k: Annotated[int, Field(ge=0)]  # 0 = off
+    batch_size: Count
+    dtype: Dtype
+
+
+class HFGeneratorOptions(SamplingOptions):
+    """``generator=hf``: every option, documented with its default in conf/generator/hf.yaml."""
+
+    CONF: ClassVar[str] = "generator/hf"
+
+
 class HFGenerator:
-    def __init__(self, model: str, num_candidates: int = 4, max_new_tokens: int = 48, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, batch_size: int = 32, dtype: str = "auto", **_unused):
-        self.model_name = model
-        self.num_candidates = num_candidates
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
-        self.top_k = top_k
-        self.batch_size = batch_size
-        self.dtype = dtype
-        if not temperature > 0:
-            raise ValueError(f"HFGenerator samples: temperature must be > 0, got {temperature} "
-                             "(set generator.temperature / evaluation.temperature)")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"HFGenerator: top_p must lie in (0, 1], got {top_p} (generator.top_p / evaluation.top_p)")
-        if top_k < 0:
-            raise ValueError(f"HFGenerator: top_k must be >= 0 (0 = off), got {top_k} (generator.top_k)")
+    """Keyword arguments override the YAML's defaults (``HFGeneratorOptions``); ``model`` may also
+    come positionally."""
+
+    Options = HFGeneratorOptions
+
+    def __init__(self, model: str | None = None, **options):
+        given = {**options, "model": model} if model is not None else options
+        self.options = o = HFGeneratorOptions.build(given, "generator")
+        self.model_name = o.model
+        self.num_candidates = o.num_candidates
+        self.max_new_tokens = o.max_new_tokens
+        self.temperature = o.temperature
+        self.top_p = o.top_p
+        self.top_k = o.top_k
+        self.batch_size = o.batch_size
+        self.dtype = o.dtype
 
     def identity(self, pool) -> str:
         return pool.resolve(self.model_name).identity
