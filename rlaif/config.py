@@ -190,7 +190,6 @@ def _judge_compares_pairs(judge_cfg) -> bool:
 
 def validate(cfg: DictConfig) -> None:
     """Check names, types and combinations; raise ConfigError listing every problem."""
-    from rlaif.criteria import REQUIRED_WORDING, Criterion, wording_problems
     from rlaif.sections import section_problems
 
     c = _Checker(cfg)
@@ -199,65 +198,74 @@ def validate(cfg: DictConfig) -> None:
             c.errors.append(f"{group}: missing config group; choose one of {', '.join(group_options(group))}")
     if c.errors:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(c.errors))
-
     c.need("seed", "int", low=0)
+    _check_secrets(c)
+    c.errors += component_problems(cfg)  # generator, judge, optimizer, reward model: each class's Options
+    c.errors += section_problems(cfg)  # policy, preferences, data, evaluation, diagnostics, cache
+    _check_judge(c)
+    _check_optimizer(c)
+    _check_budget(c)
+    if c.get("tracker.mode") is not None:
+        c.need("tracker.mode", "str", choices=("auto", "online", "offline", "disabled"))
+    _check_gate(c)
+    if c.errors:
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(c.errors))
+
+
+def _check_secrets(c: _Checker) -> None:
     from rlaif.manifest import literal_secrets
 
-    for key in literal_secrets(OmegaConf.to_container(cfg, resolve=False)):  # the value is never shown
+    for key in literal_secrets(OmegaConf.to_container(c.cfg, resolve=False)):  # the value is never shown
         c.errors.append(f"{key}: looks like a secret written into the config, which is saved with the run; rlaif "
                         "reads keys only from environment variables: export it (e.g. OPENAI_API_KEY=...) and name "
                         "the variable instead (e.g. judge.api.api_key_env=OPENAI_API_KEY)")
-    # generator
-    c.need("generator.num_candidates", "int", low=2)
-    c.need("generator.max_new_tokens", "int", low=1)
-    c.need("generator.temperature", "number", low=0, low_open=True)
-    c.need("generator.top_p", "number", low=0, high=1, low_open=True)
-    c.need("generator.top_k", "int", low=0)
-    c.need("generator.batch_size", "int", low=1)
-    c.need("generator.dtype", "str", choices=("auto", "float32", "bfloat16", "float16"))
-    for api in ("generator", "judge.api"):  # API settings (absent for local generators and judges)
-        c.need(f"{api}.max_failed_share", "number", low=0, high=1, optional=True)
-        c.need(f"{api}.max_retry_after_s", "number", low=0, optional=True)
-    # judge + criteria
-    kind = c.get("judge.kind")
+
+
+def _check_judge(c: _Checker) -> None:
+    """The judge kind, the criterion's wording for it, and what the pipeline needs of the generator."""
+    from rlaif.criteria import REQUIRED_WORDING, Criterion, wording_problems
+
+    c.need("generator.num_candidates", "int", low=2)  # pairs need two candidates per prompt
+    for key in ("judge.api.max_failed_share", "judge.api.max_retry_after_s"):  # judge.api is a plain dict
+        c.need(key, "number", low=0, high=1 if key.endswith("share") else None, optional=True)
     c.need("judge.kind", "str", choices=tuple(REQUIRED_WORDING))
-    if c.get("judge.kind") in ("contrastive", "pairwise", "pointwise", "generative", "reward_model"):
-        c.need("judge.model", "str")
-        c.need("judge.batch_size", "int", low=1)
-        c.need("judge.dtype", "str", choices=("auto", "float32", "bfloat16", "float16"))
     c.need("criteria.name", "str")
-    if kind in REQUIRED_WORDING and isinstance(c.get("criteria.name"), str):
-        crit = Criterion.from_config(cfg.criteria)
-        c.errors.extend(wording_problems(cfg.judge, crit))
-    # components: each class's Options (types, ranges, choices); then what combines them
-    c.errors += component_problems(cfg)
+    if c.get("judge.kind") in REQUIRED_WORDING and isinstance(c.get("criteria.name"), str):
+        c.errors.extend(wording_problems(c.cfg.judge, Criterion.from_config(c.cfg.criteria)))
+
+
+def _check_optimizer(c: _Checker) -> None:
+    """What the optimizer needs of the rest: a pointwise prompt (self-rewarding), a pointwise reward."""
+    from rlaif.criteria import Criterion
+
     c.need("optimizer.name", "str", choices=OPTIMIZERS)
     oname = c.get("optimizer.name")
     if oname == "self_rewarding" and isinstance(c.get("criteria.name"), str):
-        missing = Criterion.from_config(cfg.criteria).missing_for("pointwise")
+        missing = Criterion.from_config(c.cfg.criteria).missing_for("pointwise")
         if missing:
             c.errors.append(f"optimizer=self_rewarding: the policy rates its own samples with the criterion's "
                             f"pointwise prompt, but criteria '{c.get('criteria.name')}' has no "
                             + ", ".join(f"criteria.{m}" for m in missing) + "; add it or pick another criteria")
     if oname in REWARD_OPTIMIZERS and c.get("optimizer.reward_source") == "judge" \
-            and c.get("optimizer.reward_reference") is None and _judge_compares_pairs(cfg.judge):
+            and c.get("optimizer.reward_reference") is None and _judge_compares_pairs(c.cfg.judge):
         c.errors.append(
             f"optimizer={oname} needs a pointwise reward, but judge={c.get('judge.kind')} only compares pairs. "
             f"Fix one of: optimizer.reward_reference=reference_policy (reward = P(response beats the reference "
             f"policy's sample)); optimizer.reward_source=reward_model (distilled RLAIF: a reward model trained "
             f"on the judge's preference pairs); or a pointwise judge (judge=contrastive, pointwise, "
             f"reward_model or rule)")
+
+
+def _check_budget(c: _Checker) -> None:
     for key in ("budget.judge_calls", "budget.generated_tokens"):
         v = c.get(key)
         if v is not None and v != "offline" and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
             c.errors.append(f"{key}: expected null, a positive int, or 'offline' (what the offline labelling spent), got {v!r}")
     if c.get("budget.judge_calls") is not None and c.get("budget.generated_tokens") is not None:
         c.errors.append("budget: set judge_calls or generated_tokens, not both")
-    # the sections that are not components: policy, preferences, data, evaluation, diagnostics, cache
-    c.errors += section_problems(cfg)
-    # tracker
-    if c.get("tracker.mode") is not None:
-        c.need("tracker.mode", "str", choices=("auto", "online", "offline", "disabled"))
+
+
+def _check_gate(c: _Checker) -> None:
     from rlaif.diagnostics.gate import GATES, SETTINGS
 
     for key, value in (c.get("diagnostics.gate") or {}).items():
@@ -268,5 +276,3 @@ def validate(cfg: DictConfig) -> None:
             c.errors.append(f"diagnostics.gate.{key}: unknown gate; choose from {', '.join(sorted(GATES | SETTINGS))}")
         elif value is not None and not (_num(value) and 0 <= value <= 1):
             c.errors.append(f"diagnostics.gate.{key}: expected a rate in [0, 1] or null, got {value!r}")
-    if c.errors:
-        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(c.errors))

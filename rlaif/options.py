@@ -95,7 +95,7 @@ def _describe(err: dict, where: str, model: type[BaseModel]) -> str:
         valid = _field_names(model, loc[:-1])
         close = difflib.get_close_matches(loc[-1], valid, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        return f"{key}: unknown key; valid keys: {', '.join(valid)}.{hint}"
+        return f"{key}: unknown key; valid keys: {', '.join(valid) or 'none'}.{hint}"
     if kind == "literal_error":
         return f"{key}: {value!r} is not one of {ctx.get('expected', '')}"
     bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
