@@ -223,14 +223,14 @@ def _check_secrets(c: _Checker) -> None:
 
 def _check_judge(c: _Checker) -> None:
     """The judge kind, the criterion's wording for it, and what the pipeline needs of the generator."""
-    from rlaif.criteria import REQUIRED_WORDING, Criterion, wording_problems
+    from rlaif.criteria import Criterion, required_wording, wording_problems
 
     c.need("generator.num_candidates", "int", low=2)  # pairs need two candidates per prompt
     for key in ("judge.api.max_failed_share", "judge.api.max_retry_after_s"):  # judge.api is a plain dict
         c.need(key, "number", low=0, high=1 if key.endswith("share") else None, optional=True)
-    c.need("judge.kind", "str", choices=tuple(REQUIRED_WORDING))
+    c.need("judge.kind", "str", choices=tuple(required_wording()))
     c.need("criteria.name", "str")
-    if c.get("judge.kind") in REQUIRED_WORDING and isinstance(c.get("criteria.name"), str):
+    if c.get("judge.kind") in required_wording() and isinstance(c.get("criteria.name"), str):
         c.errors.extend(wording_problems(c.cfg.judge, Criterion.from_config(c.cfg.criteria)))
 
 

@@ -19,6 +19,7 @@ with the same judge kind and aggregates with the weights.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from dataclasses import dataclass, field
@@ -26,27 +27,38 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-# Which wording each judge kind reads from a criterion. The keys are also the valid `judge.kind`
-# values (rlaif.config.validate). Kinds with an empty list read no wording: rule judges, the
-# reward model (its criterion is baked into its weights), and the panels (whose members check
-# their own wording when they are built).
-REQUIRED_WORDING = {
-    "contrastive": ["contrastive.positive", "contrastive.negative"],
-    "pairwise": ["pairwise.question"],
-    "pointwise": ["pointwise.question"],
-    "generative": ["generative.instruction"],
-    "reward_model": [],
-    "rule": [],
-    "rule_length": [],
-    "rule_regex": [],
-    "rule_callable": [],
-    "panel": [],
-    "multi_criterion": [],
-}
 
-# Judge kinds whose wording lives under a top-level key of the criterion (used to list what a
-# criterion "claims" to support).
-WORDED_KINDS = tuple(k for k, v in REQUIRED_WORDING.items() if v)
+@functools.cache
+def required_wording() -> dict[str, tuple[str, ...]]:
+    """Which wording each judge kind reads from a criterion, as each judge class declares it
+    (``Judge.wording``). The keys are the valid ``judge.kind`` values: the kinds of the judges that
+    conf/judge/*.yaml name by ``_target_`` and of every imported Judge class, so a new kind is its
+    class's file plus its YAML. Kinds that read no wording: rule judges, the reward model (its
+    criterion is in its weights), the panels (whose members check their own wording)."""
+    from hydra.utils import get_class
+
+    import rlaif.judges  # noqa: F401 - the built-in kinds
+    from rlaif.config import conf_dir
+    from rlaif.judges.base import Judge
+
+    kinds: dict[str, tuple[str, ...]] = {}
+    for path in sorted((conf_dir() / "judge").glob("*.yaml")):
+        target = OmegaConf.load(path).get("_target_")
+        if target:
+            cls = get_class(target)
+            kinds[cls.kind] = tuple(cls.wording)
+    stack = list(Judge.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack += cls.__subclasses__()
+        kinds.setdefault(cls.kind, tuple(cls.wording))
+    return kinds
+
+
+def worded_kinds() -> tuple[str, ...]:
+    """Judge kinds whose wording lives under a top-level key of the criterion (what a criterion
+    "claims" to support)."""
+    return tuple(k for k, v in required_wording().items() if v)
 
 
 @dataclass
@@ -71,7 +83,7 @@ class Criterion:
         return node
 
     def missing_for(self, kind: str) -> list[str]:
-        return [k for k in REQUIRED_WORDING.get(kind, []) if not self.get(k)]
+        return [k for k in required_wording().get(kind, ()) if not self.get(k)]
 
     def require(self, kind: str) -> None:
         missing = self.missing_for(kind)
@@ -84,7 +96,7 @@ class Criterion:
 
     def claimed_kinds(self) -> list[str]:
         """Judge kinds this criterion has a wording section for (complete or not)."""
-        return [k for k in WORDED_KINDS if k in self.wording]
+        return [k for k in worded_kinds() if k in self.wording]
 
     # -- constitution ------------------------------------------------------------------------------
     @property

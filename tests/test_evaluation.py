@@ -9,7 +9,7 @@ import statistics
 import pytest
 import torch
 
-from rlaif.evaluation import evaluate
+from rlaif.evaluation import KLModels, Scorers, evaluate
 from rlaif.generators import HFGenerator
 from rlaif.judges.rule import CallableJudge
 from rlaif.optimizers import ppo_math as pm
@@ -38,8 +38,8 @@ def cand(pid: str, index: int, text: str, tokens: int = 5, source: str = "policy
 
 
 def run(policy, reference, judge=None, heldout=None, analytic_kl=0.25):
-    return evaluate(PROMPTS, policy, reference, judge or CallableJudge(function=number), CallableJudge(function=number),
-                    None, None, None, analytic_kl=analytic_kl, heldout_judge=heldout)
+    scorers = Scorers(judge or CallableJudge(function=number), CallableJudge(function=number), heldout)
+    return evaluate(PROMPTS, policy, reference, scorers, KLModels(None, None, None, analytic=analytic_kl))
 
 
 # ------------------------------------------------------------------ evaluate() on hand-built inputs
@@ -170,7 +170,7 @@ def test_kl_estimate_converges_to_the_exact_kl(kl_models, temperature, top_p, to
     policy = gen.generate(pol, tok, prompts, 400, seed=3)
     reference = gen.generate(ref, tok, prompts, 1, seed=4, source="reference")
     assert 0.02 < statistics.fmean(c.finished for c in policy) < 0.98  # EOS is sampled, and also not
-    samples, m = evaluate(prompts, policy, reference, CallableJudge(function=number), None, pol, ref, tok, 256)
+    samples, m = evaluate(prompts, policy, reference, Scorers(CallableJudge(function=number)), KLModels(pol, ref, tok, 256))
     ratios = [s.logp_policy - s.logp_reference for s in samples if s.source == "policy"]
     estimate, sem = statistics.fmean(ratios), statistics.stdev(ratios) / math.sqrt(len(ratios))
     exact = statistics.fmean(exact_kl_two_tokens(pol, ref, tok, p, temperature, top_p, top_k) for p in prompts)
@@ -197,7 +197,7 @@ def test_policy_logprob_is_that_of_the_distribution_generate_sampled_from(kl_mod
         expected.append(sum(float(torch.log_softmax(out.scores[t][r].float(), -1)[row[t]]) for t in range(n)))
         policy.append(Candidate("p0", r, tok.decode(row[:n], skip_special_tokens=True), n, n < len(row), "tiny",
                                 token_ids=row[:n], sampling=gen.distribution()))
-    samples, _ = evaluate(PROMPTS[:1], policy, policy, CallableJudge(function=number), None, pol, ref, tok, 8)
+    samples, _ = evaluate(PROMPTS[:1], policy, policy, Scorers(CallableJudge(function=number)), KLModels(pol, ref, tok, 8))
     got = [s.logp_policy for s in samples if s.source == "policy"]
     assert got == pytest.approx(expected, abs=1e-4)
 
@@ -212,7 +212,7 @@ def test_eval_kl_is_ppo_train_kl_on_the_same_tokens(kl_models):
     gen = HFGenerator("tiny", max_new_tokens=5, temperature=T, top_p=1.0, top_k=0, dtype="float32")
     policy = gen.generate(pol, tok, PROMPTS, 6, seed=1)
     assert any(c.finished for c in policy) and not all(c.finished for c in policy)
-    _, m = evaluate(PROMPTS, policy, policy, CallableJudge(function=number), None, pol, ref, tok, 8)
+    _, m = evaluate(PROMPTS, policy, policy, Scorers(CallableJudge(function=number)), KLModels(pol, ref, tok, 8))
 
     by_id = {p.id: p for p in PROMPTS}
     q_ids, q_attn, _ = left_pad([chat_prefix_ids(tok, by_id[c.prompt_id].messages) for c in policy], tok.pad_token_id)
@@ -236,7 +236,7 @@ def test_eval_kl_is_ppo_train_kl_on_the_same_tokens(kl_models):
 def test_samples_without_token_ids_are_retokenised_and_said_so(kl_models):
     pol, ref, tok = kl_models
     policy = [Candidate("p0", i, text, 3, True, "api-model") for i, text in enumerate(["the film", "a dull movie"])]
-    samples, m = evaluate(PROMPTS[:1], policy, policy, CallableJudge(function=number), None, pol, ref, tok, 8)
+    samples, m = evaluate(PROMPTS[:1], policy, policy, Scorers(CallableJudge(function=number)), KLModels(pol, ref, tok, 8))
     assert m["eval/kl_retokenised"] == 2
     assert "re-tokenised" in m["eval/kl_of"] and "not recorded" in m["eval/kl_of"]
     # scored as text + EOS (it finished) at temperature 1

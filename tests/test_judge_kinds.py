@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from test_judges import PROMPTS, RESPONSES, _prompt  # noqa: E402,F401 - shared fixtures data
 
 from rlaif.config import conf_dir, group_options, validate
-from rlaif.criteria import REQUIRED_WORDING, WORDED_KINDS, Criterion, load_criterion, wording_problems
+from rlaif.criteria import Criterion, load_criterion, required_wording, worded_kinds, wording_problems
 from rlaif.judges import (
     CallableJudge,
     GenerativeJudge,
@@ -563,16 +563,16 @@ CRITERIA = group_options("criteria")
 def test_required_criteria_and_kinds_exist():
     assert set(CRITERIA) >= {"helpfulness", "harmlessness", "honesty", "hhh", "positive_sentiment", "concise",
                              "constitution"}
-    assert set(REQUIRED_WORDING) >= {"contrastive", "pairwise", "pointwise", "generative", "reward_model", "rule",
+    assert set(required_wording()) >= {"contrastive", "pairwise", "pointwise", "generative", "reward_model", "rule",
                                      "panel"}
-    assert set(group_options("judge")) <= set(REQUIRED_WORDING)
+    assert set(group_options("judge")) <= set(required_wording())
 
 
 @pytest.mark.parametrize("name", CRITERIA)
 def test_every_criterion_has_wording_for_every_kind_it_claims(name, tiny_model, pool):
     crit = load_criterion(name)
     assert crit.name == name and crit.description
-    assert set(crit.claimed_kinds()) == set(WORDED_KINDS)  # every criterion serves every prompt-based kind
+    assert set(crit.claimed_kinds()) == set(worded_kinds())  # every criterion serves every prompt-based kind
     for kind in crit.claimed_kinds():
         assert crit.missing_for(kind) == [], (name, kind)
     for cls in (PointwiseJudge, GenerativeJudge):

@@ -26,7 +26,7 @@ def quickstart(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("progress")
     overrides = [f"policy.model={tiny_model}", f"cache.dir={tmp / 'cache'}", "data.num_train=6", "data.num_eval=3",
                  "generator.num_candidates=3", "generator.max_new_tokens=8", "generator.dtype=float32",
-                 "judge.dtype=float32", "optimizer.epochs=2", "optimizer.batch_size=2", "+optimizer.logging_steps=1",
+                 "judge.dtype=float32", "optimizer.epochs=2", "optimizer.batch_size=2", "optimizer.logging_steps=1",
                  "optimizer.learning_rate=1e-3", "optimizer.mixed_precision=no", "evaluation.samples_per_prompt=2"]
     import contextlib
     import io

@@ -31,32 +31,11 @@ above 1, rlaif is faster. The baselines:
 The package: ``workload`` (the prompts, responses and pairs both sides get), ``timing`` (clocks,
 alternation, the row record, the matmul peak), ``baselines`` (the plain code), ``rows`` (each
 section measured, rlaif beside its baseline) and ``cli`` (``rlaif-bench``: arguments, the
-printed table, bench.json). This module re-exports their public names.
+printed table, bench.json). This module exports the command and what tests call.
 """
 
-from rlaif.bench.baselines import (
-    bare_forward,
-    naive_next_token,
-    naive_sequence_logprob,
-    plain_generate,
-    trl_dpo,
-)
-from rlaif.bench.cli import SECTIONS, main, parse_args, table
-from rlaif.bench.rows import (
-    bench_dpo,
-    bench_generate,
-    bench_judges,
-    bench_matmul,
-    bench_ppo,
-    bench_quickstart,
-    quickstart_flops,
-)
-from rlaif.bench.timing import alternate, matmul_gflops, row
-from rlaif.bench.workload import SIZES, WORDS, dpo_pairs, n_params, prompts, response
+from rlaif.bench.cli import main, parse_args
+from rlaif.bench.rows import bench_quickstart
+from rlaif.bench.workload import n_params
 
-__all__ = [
-    "SECTIONS", "SIZES", "WORDS", "alternate", "bare_forward", "bench_dpo", "bench_generate", "bench_judges",
-    "bench_matmul", "bench_ppo", "bench_quickstart", "dpo_pairs", "main", "matmul_gflops", "n_params",
-    "naive_next_token", "naive_sequence_logprob", "parse_args", "plain_generate", "prompts", "quickstart_flops",
-    "response", "row", "table", "trl_dpo",
-]
+__all__ = ["bench_quickstart", "main", "n_params", "parse_args"]

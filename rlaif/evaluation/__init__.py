@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
+from typing import Any
 
 from rlaif.diagnostics import length_controlled_win_rate
 from rlaif.diagnostics.stats import is_number
@@ -117,51 +119,42 @@ def sequence_kl(prompts: list[Prompt], policy: list[Candidate], policy_model, re
     return out, metrics
 
 
-def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Candidate], judge, gold,
-             policy_model, reference_model, tokenizer, kl_batch_size: int = 16, analytic_kl: float | None = None,
-             heldout_judge=None) -> tuple[list[EvalSample], dict]:
+@dataclass
+class Scorers:
+    """Who scores the held-out samples: the training judge, the task's gold labeller (None: the
+    task has none) and a held-out judge that never trained the policy (None: not configured)."""
+
+    judge: Any
+    gold: Any = None
+    heldout: Any = None
+
+
+@dataclass
+class KLModels:
+    """What the KL estimate needs: both policies in the KL dtype and their tokenizer. ``policy``
+    None: the policy is not a model (best-of-n sampling) and ``analytic`` is its KL."""
+
+    policy: Any
+    reference: Any
+    tokenizer: Any
+    batch_size: int = 16
+    analytic: float | None = None
+
+
+def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Candidate], scorers: Scorers,
+             kl: KLModels) -> tuple[list[EvalSample], dict]:
     """Score held-out samples of the trained policy against the reference's, paired by (prompt, index).
 
-    ``policy_model`` None with ``analytic_kl``: the policy is not a model (best-of-n sampling) and its
-    KL is known in closed form. ``heldout_judge``: a second judge that never trained the policy,
-    for the training-judge vs held-out-judge view of over-optimisation. A judge preference that is
-    None, NaN or outside [0, 1] is invalid: counted, and left out of every win rate.
+    The held-out judge gives the training-judge vs held-out-judge view of over-optimisation. A judge
+    preference that is None, NaN or outside [0, 1] is invalid: counted, and left out of every win rate.
     """
     by_id = {p.id: p for p in prompts}
-    samples = []
-    golds = {}
-    for name, cands in (("policy", policy), ("reference", reference)):
-        g = gold.score([by_id[c.prompt_id] for c in cands], [c.text for c in cands]) if gold else [None] * len(cands)
-        golds[name] = g
-        samples += [EvalSample(c.prompt_id, name, c.index, c.text, c.num_tokens, s) for c, s in zip(cands, g, strict=True)]
-
-    # Judge win rate: policy sample i vs reference sample i of the same prompt.
-    ref_by_key = {(c.prompt_id, c.index): c for c in reference}
+    samples, golds = _gold_samples(by_id, policy, reference, scorers.gold)
+    pol_samples = samples[: len(policy)]
+    ref_by_key = {(c.prompt_id, c.index): c for c in reference}  # policy sample i vs reference sample i
     matched = [(c, ref_by_key[(c.prompt_id, c.index)]) for c in policy if (c.prompt_id, c.index) in ref_by_key]
-    prefs = judge.prefer([by_id[a.prompt_id] for a, _ in matched], [a.text for a, _ in matched],
-                         [b.text for _, b in matched]) if matched else []
+    prefs = _prefer(scorers.judge, by_id, matched)
     win_rate, mean_pref, invalid = _preferences(prefs)
-
-    # Sequence-level KL on the policy's samples.
-    pol_samples = [s for s in samples if s.source == "policy"]
-    if policy_model is not None:
-        logps, kl_metrics = sequence_kl(prompts, policy, policy_model, reference_model, tokenizer, kl_batch_size)
-        for s, (ps, _, rt) in zip(pol_samples, logps, strict=True):
-            s.logp_policy, s.logp_reference = ps, rt
-    else:
-        kl_metrics = {"eval/kl": analytic_kl if analytic_kl is not None else float("nan"),
-                      "eval/kl_of": "KL(best-of-n || reference) per response, analytic: log n - (n-1)/n"}
-
-    # The training judge's own score of both policies' samples (pointwise judges).
-    judge_scores = {}
-    if judge.pointwise:
-        for name, cands in (("policy", policy), ("reference", reference)):
-            sc = judge.scores([by_id[c.prompt_id] for c in cands], [c.text for c in cands])
-            judge_scores[name] = [x for x in sc if x is not None and math.isfinite(x)]
-            if name == "policy":
-                for smp, x in zip(pol_samples, sc, strict=True):
-                    smp.judge_score = x
-
     metrics = {
         "eval/gold_reward_policy": _mean(golds["policy"]),
         "eval/gold_reward_reference": _mean(golds["reference"]),
@@ -172,18 +165,14 @@ def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Can
         "eval/win_rate_invalid": invalid,
         "eval/pairs": len(matched),
         "eval/unpaired": len(policy) + len(reference) - 2 * len(matched),
-        **kl_metrics,
+        **_kl(prompts, policy, pol_samples, kl),
         "eval/length_policy": _mean([c.num_tokens for c in policy]),
         "eval/length_reference": _mean([c.num_tokens for c in reference]),
         "eval/samples_per_policy": len(policy),
+        **_judge_scores(scorers.judge, by_id, policy, reference, pol_samples),
     }
-    if judge_scores:
-        metrics["eval/judge_score_policy"] = _mean(judge_scores["policy"])
-        metrics["eval/judge_score_reference"] = _mean(judge_scores["reference"])
-    if heldout_judge is not None:
-        hp = heldout_judge.prefer([by_id[a.prompt_id] for a, _ in matched], [a.text for a, _ in matched],
-                                  [b.text for _, b in matched]) if matched else []
-        h_win, h_pref, h_invalid = _preferences(hp)
+    if scorers.heldout is not None:
+        h_win, h_pref, h_invalid = _preferences(_prefer(scorers.heldout, by_id, matched))
         metrics.update({"eval/heldout_win_rate": h_win, "eval/heldout_preference": h_pref,
                         "eval/heldout_invalid": h_invalid})
     lc = length_controlled_win_rate(prefs, [a.num_tokens for a, _ in matched], [b.num_tokens for _, b in matched])
@@ -192,3 +181,43 @@ def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Can
         metrics["eval/length_coef"] = lc["length_coef"]
     metrics["eval/gold_reward_gain"] = metrics["eval/gold_reward_policy"] - metrics["eval/gold_reward_reference"]
     return samples, metrics
+
+
+def _gold_samples(by_id, policy, reference, gold) -> tuple[list[EvalSample], dict[str, list]]:
+    """Both policies' samples as records (policy first) with their gold rewards."""
+    samples, golds = [], {}
+    for name, cands in (("policy", policy), ("reference", reference)):
+        g = gold.score([by_id[c.prompt_id] for c in cands], [c.text for c in cands]) if gold else [None] * len(cands)
+        golds[name] = g
+        samples += [EvalSample(c.prompt_id, name, c.index, c.text, c.num_tokens, s) for c, s in zip(cands, g, strict=True)]
+    return samples, golds
+
+
+def _prefer(judge, by_id, matched) -> list:
+    return judge.prefer([by_id[a.prompt_id] for a, _ in matched], [a.text for a, _ in matched],
+                        [b.text for _, b in matched]) if matched else []
+
+
+def _kl(prompts, policy, pol_samples, kl: KLModels) -> dict:
+    """Sequence-level KL on the policy's samples (their log-probs are kept on the sample records)."""
+    if kl.policy is None:
+        return {"eval/kl": kl.analytic if kl.analytic is not None else float("nan"),
+                "eval/kl_of": "KL(best-of-n || reference) per response, analytic: log n - (n-1)/n"}
+    logps, metrics = sequence_kl(prompts, policy, kl.policy, kl.reference, kl.tokenizer, kl.batch_size)
+    for s, (ps, _, rt) in zip(pol_samples, logps, strict=True):
+        s.logp_policy, s.logp_reference = ps, rt
+    return metrics
+
+
+def _judge_scores(judge, by_id, policy, reference, pol_samples) -> dict:
+    """The training judge's own score of both policies' samples (pointwise judges)."""
+    if not judge.pointwise:
+        return {}
+    out = {}
+    for name, cands in (("policy", policy), ("reference", reference)):
+        sc = judge.scores([by_id[c.prompt_id] for c in cands], [c.text for c in cands])
+        out[f"eval/judge_score_{name}"] = _mean([x for x in sc if x is not None and math.isfinite(x)])
+        if name == "policy":
+            for smp, x in zip(pol_samples, sc, strict=True):
+                smp.judge_score = x
+    return out

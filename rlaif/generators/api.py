@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field
 
 from rlaif.backends.api import ChatClient, plain, public_url
-from rlaif.generators.hf import SamplingOptions
+from rlaif.generators.hf import SamplingOptions, take_sampling
 from rlaif.options import Count, Fraction, NonNegative, Positive
 from rlaif.types import Candidate, Prompt
 
@@ -62,16 +62,9 @@ class APIGenerator:
     Options = APIGeneratorOptions
 
     def __init__(self, model: str | None = None, **options):
-        given = {**options, "model": model} if model is not None else options
-        self.options = o = APIGeneratorOptions.build(given, "generator")
+        o = take_sampling(self, APIGeneratorOptions, model, options)
         if not o.model:
             raise ValueError("APIGenerator needs a model id (the server's name for the model)")
-        self.model_name = o.model
-        self.num_candidates = o.num_candidates
-        self.max_new_tokens = o.max_new_tokens
-        self.temperature = o.temperature
-        self.top_p = o.top_p
-        self.top_k = o.top_k
         self.extra_body = plain(o.extra_body or {})
         self.client = ChatClient(o.base_url, o.api_key_env, o.max_concurrency, o.timeout_s, o.max_retries, o.backoff_s,
                                  o.price_per_1k_prompt, o.price_per_1k_completion, o.requests_per_minute,

@@ -54,6 +54,15 @@ class SamplingOptions(Options):
     dtype: Dtype
 
 
+def take_sampling(gen, model: type[SamplingOptions], name: str | None, given: dict) -> SamplingOptions:
+    """Build a generator's options (``name``: the model, which may come positionally) and set the
+    sampling settings every generator has on ``gen``; returns the options."""
+    gen.options = o = model.build({**given, "model": name} if name is not None else given, "generator")
+    gen.model_name, gen.num_candidates, gen.max_new_tokens = o.model, o.num_candidates, o.max_new_tokens
+    gen.temperature, gen.top_p, gen.top_k = o.temperature, o.top_p, o.top_k
+    return o
+
+
 class HFGeneratorOptions(SamplingOptions):
     """``generator=hf``: every option, documented with its default in conf/generator/hf.yaml."""
 
@@ -67,14 +76,7 @@ class HFGenerator:
     Options = HFGeneratorOptions
 
     def __init__(self, model: str | None = None, **options):
-        given = {**options, "model": model} if model is not None else options
-        self.options = o = HFGeneratorOptions.build(given, "generator")
-        self.model_name = o.model
-        self.num_candidates = o.num_candidates
-        self.max_new_tokens = o.max_new_tokens
-        self.temperature = o.temperature
-        self.top_p = o.top_p
-        self.top_k = o.top_k
+        o = take_sampling(self, HFGeneratorOptions, model, options)
         self.batch_size = o.batch_size
         self.dtype = o.dtype
 

@@ -54,6 +54,7 @@ def _finite(x: float | None) -> bool:
 
 class Judge:
     kind: str = "base"
+    wording: tuple[str, ...] = ()  # the criterion's keys it reads (rlaif.criteria.required_wording)
     pointwise: bool = True
 
     # Pointwise scores are memoised per (chat, response), each with the details the judge recorded

@@ -28,6 +28,7 @@ class ContrastiveJudge(Judge):
     may also come positionally. Teacher forcing needs a local model, so there is no ``api`` option."""
 
     kind = "contrastive"
+    wording = ("contrastive.positive", "contrastive.negative")  # what it reads from the criterion
     pointwise = True
     Options = ContrastiveOptions
 

@@ -113,6 +113,7 @@ class GenerativeJudge(Judge):
     may also come positionally."""
 
     kind = "generative"
+    wording = ("generative.instruction",)  # what it reads from the criterion
     pointwise = False
     Options = GenerativeOptions
 

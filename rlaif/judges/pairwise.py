@@ -46,6 +46,7 @@ class PairwiseJudge(Judge):
     may also come positionally."""
 
     kind = "pairwise"
+    wording = ("pairwise.question",)  # what it reads from the criterion
     pointwise = False
     Options = PairwiseOptions
 

@@ -96,6 +96,7 @@ class PointwiseJudge(Judge):
     may also come positionally."""
 
     kind = "pointwise"
+    wording = ("pointwise.question",)  # what it reads from the criterion
     pointwise = True
     Options = PointwiseOptions
 

@@ -24,11 +24,9 @@ from pydantic import Field, field_validator
 from rlaif import distributed, progress
 from rlaif.io import read_jsonl, write_json, write_records
 from rlaif.optimizers.base import TrainContext, lora_config
-from rlaif.optimizers.options import TrainingOptions
+from rlaif.optimizers.options import TrainingOptions, take_options
 from rlaif.optimizers.trl_online import common_args, log_forwarder, resumer, train_resumable
 from rlaif.options import Count, Positive
-from rlaif.precision import mixed_precision as mixed_precision_for
-from rlaif.precision import training_dtype
 from rlaif.types import Prompt
 
 log = logging.getLogger(__name__)
@@ -76,11 +74,7 @@ class ConstitutionalSFT:
     Options = ConstitutionalOptions
 
     def __init__(self, **options):
-        self.options = o = ConstitutionalOptions.build(options)
-        for key in ConstitutionalOptions.model_fields:
-            setattr(self, key, getattr(o, key))
-        self.dtype, self.mixed_precision = training_dtype(o.dtype), mixed_precision_for(o.mixed_precision)
-        self.lora = o.lora.model_dump()
+        take_options(self, ConstitutionalOptions, options)
 
     # -- the constitution ---------------------------------------------------------------------------
     @staticmethod

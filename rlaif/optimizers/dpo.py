@@ -19,10 +19,8 @@ from pydantic import Field, field_validator, model_validator
 
 from rlaif import progress
 from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy
-from rlaif.optimizers.options import TrainingOptions
+from rlaif.optimizers.options import TrainingOptions, take_options
 from rlaif.options import NonNegative, Positive
-from rlaif.precision import mixed_precision as mixed_precision_for
-from rlaif.precision import training_dtype
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +60,7 @@ class DPOOptimizer:
     Options = DPOOptions
 
     def __init__(self, **options):
-        self.options = o = DPOOptions.build(options)
-        for key in DPOOptions.model_fields:
-            setattr(self, key, getattr(o, key))
-        self.dtype, self.mixed_precision = training_dtype(o.dtype), mixed_precision_for(o.mixed_precision)
-        self.lora = o.lora.model_dump()
+        take_options(self, DPOOptions, options)
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Train on ``ctx.pairs`` and save the policy to ``ctx.output_dir``. Returns final training metrics."""

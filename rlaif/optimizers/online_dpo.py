@@ -26,7 +26,7 @@ from pydantic import Field
 
 from rlaif import progress
 from rlaif.optimizers.base import TrainContext, lora_config
-from rlaif.optimizers.options import OnlineOptions
+from rlaif.optimizers.options import OnlineOptions, take_options
 from rlaif.optimizers.trl_online import (
     CountingReward,
     budget_max_steps,
@@ -36,8 +36,6 @@ from rlaif.optimizers.trl_online import (
     train_resumable,
 )
 from rlaif.options import NonNegative, Positive
-from rlaif.precision import mixed_precision as mixed_precision_for
-from rlaif.precision import training_dtype
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +119,7 @@ class OnlineDPOOptimizer:
     Options = OnlineDPOOptions
 
     def __init__(self, **options):
-        self.options = o = OnlineDPOOptions.build(options)
-        for key in OnlineDPOOptions.model_fields:
-            setattr(self, key, getattr(o, key))
-        self.dtype, self.mixed_precision = training_dtype(o.dtype), mixed_precision_for(o.mixed_precision)
-        self.lora = o.lora.model_dump()
+        take_options(self, OnlineDPOOptions, options)
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Sample two responses per prompt, let ``ctx.reward`` pick, DPO-update; save to ``ctx.output_dir``."""

@@ -23,6 +23,19 @@ from rlaif.options import (
 Epochs = Annotated[int | float, Field(gt=0)]
 
 
+def take_options(obj, model: type[Options], given: dict) -> None:
+    """Build ``model`` from the YAML defaults and ``given``; set every option on ``obj`` (as
+    ``obj.options`` and one attribute each), with the precision keys resolved for training and
+    ``lora`` as a plain dict (checkpoints store it as JSON)."""
+    from rlaif.precision import mixed_precision, training_dtype
+
+    obj.options = o = model.build(given)
+    for key in model.model_fields:
+        setattr(obj, key, getattr(o, key))
+    obj.dtype, obj.mixed_precision = training_dtype(o.dtype), mixed_precision(o.mixed_precision)
+    obj.lora = o.lora.model_dump()
+
+
 class TrainingOptions(Options):
     learning_rate: Positive
     epochs: Epochs

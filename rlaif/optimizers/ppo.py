@@ -39,6 +39,7 @@ from pydantic import field_validator, model_validator
 from rlaif import progress
 from rlaif.optimizers import ppo_math as pm
 from rlaif.optimizers.base import TrainContext, lora_config, save_policy
+from rlaif.optimizers.options import take_options
 from rlaif.optimizers.ppo_checkpoints import CHECKPOINT_PREFIX, PPOCheckpointMixin
 from rlaif.optimizers.ppo_rollout import ActorCritic, PPORolloutMixin, Rollout, _hidden_size, value_head
 from rlaif.optimizers.ppo_update import PPOUpdateMixin, _mix
@@ -54,8 +55,6 @@ from rlaif.options import (
     RewardSource,
     TrainDtype,
 )
-from rlaif.precision import mixed_precision as mixed_precision_for
-from rlaif.precision import training_dtype
 from rlaif.types import Prompt
 
 __all__ = ["CHECKPOINT_PREFIX", "METRICS", "ActorCritic", "PPOOptimizer", "Rollout", "value_head"]
@@ -149,11 +148,7 @@ class PPOOptimizer:
     Options = PPOOptions
 
     def __init__(self, **options):
-        self.options = o = PPOOptions.build(options)
-        for key in PPOOptions.model_fields:
-            setattr(self, key, getattr(o, key))
-        self.dtype, self.mixed_precision = training_dtype(o.dtype), mixed_precision_for(o.mixed_precision)
-        self.lora = o.lora.model_dump()  # checkpoints store it as JSON
+        take_options(self, PPOOptions, options)
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Train against ``ctx.reward``, save the policy to ``ctx.output_dir``, return final ``train/`` metrics."""

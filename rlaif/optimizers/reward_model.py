@@ -24,11 +24,9 @@ from typing import Annotated, ClassVar
 from pydantic import Field
 
 from rlaif import distributed, progress
-from rlaif.optimizers.options import TrainingOptions
+from rlaif.optimizers.options import TrainingOptions, take_options
 from rlaif.optimizers.trl_online import common_args, log_forwarder
 from rlaif.options import Count, Dtype, NonNegative
-from rlaif.precision import mixed_precision as mixed_precision_for
-from rlaif.precision import training_dtype
 from rlaif.types import PreferencePair
 
 log = logging.getLogger(__name__)
@@ -51,11 +49,7 @@ class RewardModelTrainer:
     Options = RewardModelOptions
 
     def __init__(self, **options):
-        self.options = o = RewardModelOptions.build(options)
-        for key in RewardModelOptions.model_fields:
-            setattr(self, key, getattr(o, key))
-        self.dtype, self.mixed_precision = training_dtype(o.dtype), mixed_precision_for(o.mixed_precision)
-        self.lora = o.lora.model_dump()
+        take_options(self, RewardModelOptions, options)
 
     def split(self, pairs: list[PreferencePair], seed: int, eval_fraction: float) -> tuple[list, list]:
         """Seeded held-out split by prompt (no prompt in both parts); no held-out part when it would hold

@@ -27,10 +27,8 @@ from pydantic import model_validator
 
 from rlaif import progress
 from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy, trl_reward
-from rlaif.optimizers.options import OnlineOptions
+from rlaif.optimizers.options import OnlineOptions, take_options
 from rlaif.options import Count, NonNegative, Positive
-from rlaif.precision import mixed_precision as mixed_precision_for
-from rlaif.precision import training_dtype
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +210,7 @@ class _OnlineBase:
     Options: ClassVar[type[GroupOptions]] = GroupOptions
 
     def __init__(self, **options):
-        self.options = o = self.Options.build(options)
-        for key in type(o).model_fields:
-            setattr(self, key, getattr(o, key))
-        self.dtype, self.mixed_precision = training_dtype(o.dtype), mixed_precision_for(o.mixed_precision)
-        self.lora = o.lora.model_dump()
+        take_options(self, self.Options, options)
 
     # what the subclass adds
     def _trainer_classes(self):

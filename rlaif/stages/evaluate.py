@@ -11,7 +11,7 @@ from typing import Any
 from hydra.utils import instantiate
 
 from rlaif.criteria import Criterion
-from rlaif.evaluation import KL_ESTIMATOR, evaluate
+from rlaif.evaluation import KL_ESTIMATOR, KLModels, Scorers, evaluate
 from rlaif.generators import HFGenerator
 from rlaif.stages.answers import answers_journaled
 from rlaif.stages.base import Stage
@@ -98,9 +98,9 @@ class Evaluate(Stage):
             pol = gen.generate(pool.model("trained-policy", gen.dtype), tok, prompts, k, seed, trained, "policy",
                                "evaluate: policy", journal=work.journal("policy"))
             pol_model, kl = pool.model("trained-policy", ev.kl_dtype), None
-        samples, m = evaluate(prompts, pol, v.record("eval_reference"), v.component("judge"), v.component("gold"),
-                              pol_model, pool.model(name, ev.kl_dtype), tok, int(ev.kl_batch_size), analytic_kl=kl,
-                              heldout_judge=heldout)
+        samples, m = evaluate(prompts, pol, v.record("eval_reference"),
+                              Scorers(v.component("judge"), v.component("gold"), heldout),
+                              KLModels(pol_model, pool.model(name, ev.kl_dtype), tok, int(ev.kl_batch_size), kl))
         m.update(extra)
         return {"eval_samples": samples, "eval_metrics": [{k: _finite_or_none(x) for k, x in m.items()}]}
 
