@@ -65,34 +65,49 @@ def compute_diagnostics(prompts: Sequence[Prompt], candidates: Sequence[Candidat
     """
     out: dict[str, float] = {}
     length = {(c.prompt_id, c.index): c.num_tokens for c in candidates}
-    valid_j = [j for j in judgments if j.valid]
-    scores = {(j.prompt_id, j.index): float(j.score) for j in valid_j}
-
+    scores = {(j.prompt_id, j.index): float(j.score) for j in judgments if j.valid}
     # Pairs the judge expressed a preference on: (key_a, key_b, P(a better)).
-    pairs: list[tuple[tuple[str, int], tuple[str, int], float | None]] = []
-    if verdicts:
-        pos = position_bias(list(verdicts))
-        out["verdicts"] = pos["n"] + pos["n_invalid"]
-        out["verdicts_invalid"] = pos["n_invalid"]
-        for src, dst in (("position_consistency", "position_consistency"), ("same_slot_rate", "same_slot_rate"),
-                         ("first_slot_share", "same_slot_first_share"), ("tie_rate", "position_tie_rate")):
-            if src in pos:
-                out[dst] = pos[src]
-        tr = transitivity(list(verdicts))
-        out["transitivity_triples"] = tr["n_triples"]
-        if "transitivity_violations" in tr:
-            out["transitivity_violations"] = tr["transitivity_violations"]
-        pairs = [((v.prompt_id, v.a), (v.prompt_id, v.b), v.p_a) for v in verdicts]
-    else:
-        by_prompt: dict[str, list[int]] = defaultdict(list)
-        for (pid, idx) in sorted(scores):
-            by_prompt[pid].append(idx)
-        for pid, idxs in by_prompt.items():
-            for i, j in itertools.combinations(idxs, 2):
-                sa, sb = scores[(pid, i)], scores[(pid, j)]
-                pairs.append(((pid, i), (pid, j), 1.0 if sa > sb else 0.0 if sa < sb else 0.5))
+    pairs = _position(verdicts, out) if verdicts else _pointwise_pairs(scores)
+    _length(pairs, scores, length, out)
+    if gold_scores:
+        _gold(gold_scores, verdicts, pairs, out)
+    _self_preference(candidates, verdicts, judge_model, policy_model, out)
+    return {PREFIX + k: float(v) for k, v in out.items()}
 
-    # Length bias.
+
+Key = tuple[str, int]
+
+
+def _position(verdicts, out: dict) -> list[tuple[Key, Key, float | None]]:
+    """Position consistency, same-slot rate, ties and transitivity of a pairwise judge; its pairs."""
+    pos = position_bias(list(verdicts))
+    out["verdicts"] = pos["n"] + pos["n_invalid"]
+    out["verdicts_invalid"] = pos["n_invalid"]
+    for src, dst in (("position_consistency", "position_consistency"), ("same_slot_rate", "same_slot_rate"),
+                     ("first_slot_share", "same_slot_first_share"), ("tie_rate", "position_tie_rate")):
+        if src in pos:
+            out[dst] = pos[src]
+    tr = transitivity(list(verdicts))
+    out["transitivity_triples"] = tr["n_triples"]
+    if "transitivity_violations" in tr:
+        out["transitivity_violations"] = tr["transitivity_violations"]
+    return [((v.prompt_id, v.a), (v.prompt_id, v.b), v.p_a) for v in verdicts]
+
+
+def _pointwise_pairs(scores: dict[Key, float]) -> list[tuple[Key, Key, float]]:
+    """Every pair of validly scored candidates of a prompt; the higher score is preferred."""
+    by_prompt: dict[str, list[int]] = defaultdict(list)
+    for (pid, idx) in sorted(scores):
+        by_prompt[pid].append(idx)
+    pairs = []
+    for pid, idxs in by_prompt.items():
+        for i, j in itertools.combinations(idxs, 2):
+            sa, sb = scores[(pid, i)], scores[(pid, j)]
+            pairs.append(((pid, i), (pid, j), 1.0 if sa > sb else 0.0 if sa < sb else 0.5))
+    return pairs
+
+
+def _length(pairs, scores: dict[Key, float], length: dict[Key, int], out: dict) -> None:
     lp = [(p, length[ka], length[kb]) for ka, kb, p in pairs if ka in length and kb in length]
     keyed = [(s, length[k]) for k, s in scores.items() if k in length]
     lb = length_bias([p for p, _, _ in lp], [a for _, a, _ in lp], [b for _, _, b in lp],
@@ -103,31 +118,33 @@ def compute_diagnostics(prompts: Sequence[Prompt], candidates: Sequence[Candidat
         if k in lb:
             out[k] = lb[k]
 
-    # Agreement with gold.
-    if gold_scores:
-        gold = {k: float(v) for k, v in gold_scores.items() if is_number(v)}
-        if verdicts:
-            rows = [(v, _gold_pref(gold[(v.prompt_id, v.a)], gold[(v.prompt_id, v.b)])) for v in verdicts
-                    if (v.prompt_id, v.a) in gold and (v.prompt_id, v.b) in gold]
-            ag = agreement([v for v, _ in rows], [g for _, g in rows])
-            avg = agreement([v.p_a for v, _ in rows], [g for _, g in rows])
-            if "accuracy" in avg:
-                out["accuracy_vs_gold_averaged"] = avg["accuracy"]
-            cal = calibration([v.p_a for v, _ in rows], [g for _, g in rows])
-            if "calibration_error" in cal:
-                out["calibration_error"] = cal["calibration_error"]
-        else:
-            rows = [(p, _gold_pref(gold[ka], gold[kb])) for ka, kb, p in pairs if ka in gold and kb in gold]
-            ag = agreement([p for p, _ in rows], [g for _, g in rows])
-        out["gold_pairs"] = ag["n"]
-        out["gold_pairs_with_ties"] = ag["n_with_ties"]
-        for src, dst in (("accuracy", "accuracy_vs_gold"), ("cohen_kappa", "cohen_kappa_vs_gold"),
-                         ("accuracy_with_ties", "accuracy_vs_gold_with_ties"),
-                         ("cohen_kappa_with_ties", "cohen_kappa_vs_gold_with_ties")):
-            if src in ag:
-                out[dst] = ag[src]
 
-    # Self-preference.
+def _gold(gold_scores, verdicts, pairs, out: dict) -> None:
+    """Agreement with the gold labeller (and, for pairwise judges, calibration against it)."""
+    gold = {k: float(v) for k, v in gold_scores.items() if is_number(v)}
+    if verdicts:
+        rows = [(v, _gold_pref(gold[(v.prompt_id, v.a)], gold[(v.prompt_id, v.b)])) for v in verdicts
+                if (v.prompt_id, v.a) in gold and (v.prompt_id, v.b) in gold]
+        ag = agreement([v for v, _ in rows], [g for _, g in rows])
+        avg = agreement([v.p_a for v, _ in rows], [g for _, g in rows])
+        if "accuracy" in avg:
+            out["accuracy_vs_gold_averaged"] = avg["accuracy"]
+        cal = calibration([v.p_a for v, _ in rows], [g for _, g in rows])
+        if "calibration_error" in cal:
+            out["calibration_error"] = cal["calibration_error"]
+    else:
+        rows = [(p, _gold_pref(gold[ka], gold[kb])) for ka, kb, p in pairs if ka in gold and kb in gold]
+        ag = agreement([p for p, _ in rows], [g for _, g in rows])
+    out["gold_pairs"] = ag["n"]
+    out["gold_pairs_with_ties"] = ag["n_with_ties"]
+    for src, dst in (("accuracy", "accuracy_vs_gold"), ("cohen_kappa", "cohen_kappa_vs_gold"),
+                     ("accuracy_with_ties", "accuracy_vs_gold_with_ties"),
+                     ("cohen_kappa_with_ties", "cohen_kappa_vs_gold_with_ties")):
+        if src in ag:
+            out[dst] = ag[src]
+
+
+def _self_preference(candidates, verdicts, judge_model, policy_model, out: dict) -> None:
     shared = shares_base_model(judge_model, policy_model)
     if shared is not None:
         out["self_preference_flag"] = float(shared)
@@ -137,7 +154,6 @@ def compute_diagnostics(prompts: Sequence[Prompt], candidates: Sequence[Candidat
         for k in ("self_preference", "self_preference_soft"):
             if k in sp:
                 out[k] = sp[k]
-    return {PREFIX + k: float(v) for k, v in out.items()}
 
 
 def diagnostics_plot(candidates: Sequence[Candidate], judgments: Sequence[Judgment],

@@ -275,65 +275,54 @@ def rank_in_chunks(judge: Judge, prompts: list[Prompt], candidates: list[Candida
     of the requests failed, ``RequestsFailed`` is raised once every group was tried (``setting``
     names the config key in its message); otherwise the failed items are kept as invalid.
     """
-    from rlaif.journal import Journal, spent_since
-    from rlaif.types import Judgment as J
-    from rlaif.types import PairwiseVerdict as V
+    from rlaif import progress
+    from rlaif.answers import answers_journaled
 
-    chunk_prompts = max(int(chunk_prompts), 1)
-    by_prompt: dict[str, list[Candidate]] = defaultdict(list)
-    for c in candidates:
-        by_prompt[c.prompt_id].append(c)
+    groups = _groups(prompts, candidates, max(int(chunk_prompts), 1), journal)
     judgments: list[Judgment] = []
     verdicts: list[PairwiseVerdict] = []
     members: dict[str, list[float | None]] = {}
-    accounting = getattr(getattr(judge, "backend", None), "accounting", None)  # API judges count their spend
-    clients = api_clients(judge)
-    answers = None
-    if journal is not None and clients:
-        from rlaif.backends.api import AnswerLog
+    bar = progress.bar(sum(len(g[2]) for g in groups), "judge candidates", "cand",
+                       initial=sum(len(g[2]) for g in groups if g[4] is not None))  # resumed groups count as done
+    path = answers_journal_path(journal) if journal is not None else None
+    with answers_journaled([(judge, setting)], path) as answers:  # raises RequestsFailed after the last group
+        try:
+            for n, ps, cs, items, done in groups:
+                rec = done[0] if done is not None else _rank_group(judge, n, ps, cs, items, journal, answers)
+                if done is None:
+                    bar.update(len(cs))
+                judgments += [Judgment.from_dict(d) for d in rec["judgments"]]
+                verdicts += [PairwiseVerdict.from_dict(d) for d in rec["verdicts"]]
+                for name, prefs in rec["members"].items():
+                    members.setdefault(name, []).extend(prefs)
+        finally:
+            bar.close()
+    return judgments, verdicts, members
 
-        answers = AnswerLog(Journal(answers_journal_path(journal)))
-    start_counts = [(c.requests, c.failures) for c in clients]
-    for c in clients:
-        c.record_answers(answers)
-    from rlaif import progress
 
-    groups = []  # (number, prompts, candidates, items, journaled records or None)
+def _groups(prompts: list[Prompt], candidates: list[Candidate], chunk_prompts: int, journal) -> list[tuple]:
+    """(number, prompts, candidates, items, journaled records or None) per group of prompts."""
+    by_prompt: dict[str, list[Candidate]] = defaultdict(list)
+    for c in candidates:
+        by_prompt[c.prompt_id].append(c)
+    groups = []
     for n, start in enumerate(range(0, len(prompts), chunk_prompts)):
         ps = prompts[start : start + chunk_prompts]
         cs = [c for p in ps for c in by_prompt.get(p.id, [])]
         if cs:
             items = [[c.prompt_id, c.index] for c in cs]
             groups.append((n, ps, cs, items, journal.lookup(n, items) if journal is not None else None))
-    bar = progress.bar(sum(len(g[2]) for g in groups), "judge candidates", "cand",
-                       initial=sum(len(g[2]) for g in groups if g[4] is not None))  # resumed groups count as done
-    try:
-        for n, ps, cs, items, done in groups:
-            if done is not None:
-                rec = done[0]
-            else:
-                before = accounting() if accounting is not None else None
-                replayed = dict(answers.journal.reused_spent) if answers is not None else {}
-                failed_before = sum(c.failures for c in clients)
-                js, vs = judge.rank(ps, cs)
-                rec = {"judgments": [j.to_dict() for j in js], "verdicts": [v.to_dict() for v in vs],
-                       "members": dict(getattr(judge, "last_member_prefs", None) or {}) if vs else {}}
-                if journal is not None and sum(c.failures for c in clients) == failed_before:
-                    spent = spent_since(accounting, before)
-                    if spent is not None and answers is not None:  # answers of earlier attempts it reused
-                        for k, v in answers.journal.reused_spent.items():
-                            if k in spent:
-                                spent[k] += v - replayed.get(k, 0)
-                    journal.append(n, items, [rec], spent=spent)
-                bar.update(len(cs))
-            judgments += [J.from_dict(d) for d in rec["judgments"]]
-            verdicts += [V.from_dict(d) for d in rec["verdicts"]]
-            for name, prefs in rec["members"].items():
-                members.setdefault(name, []).extend(prefs)
-    finally:
-        bar.close()
-        for c in clients:
-            c.record_answers(None)
-    for c, (requests, failures) in zip(clients, start_counts, strict=True):
-        c.check_failures(c.failures - failures, c.requests - requests, "judge requests", setting)
-    return judgments, verdicts, members
+    return groups
+
+
+def _rank_group(judge: Judge, n: int, ps, cs, items, journal, answers) -> dict:
+    """One group judged; journaled (with what it cost an API judge) unless one of its requests failed."""
+    accounting = getattr(getattr(judge, "backend", None), "accounting", None)  # API judges count their spend
+    before = accounting() if accounting is not None else None
+    replayed, failed_before = answers.reused(), answers.failures()
+    js, vs = judge.rank(ps, cs)
+    rec = {"judgments": [j.to_dict() for j in js], "verdicts": [v.to_dict() for v in vs],
+           "members": dict(getattr(judge, "last_member_prefs", None) or {}) if vs else {}}
+    if journal is not None and answers.failures() == failed_before:
+        journal.append(n, items, [rec], spent=answers.spent(accounting, before, replayed))
+    return rec

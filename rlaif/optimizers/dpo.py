@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
@@ -64,32 +66,59 @@ class DPOOptimizer:
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         """Train on ``ctx.pairs`` and save the policy to ``ctx.output_dir``. Returns final training metrics."""
-        return train_dpo(self, ctx.policy_path, ctx.pairs, Path(ctx.output_dir), ctx.seed, ctx, ctx.trust_remote_code,
-                         checkpoint_dir=ctx.checkpoint_dir)
+        return train_dpo(self, ctx, DPORun(ctx.policy_path, ctx.pairs, Path(ctx.output_dir), ctx.checkpoint_dir))
 
 
-def train_dpo(opt: DPOOptimizer, model_path: str, pairs: list, output_dir: Path, seed: int, ctx: TrainContext,
-              trust_remote_code: bool = False, step_offset: int = 0, checkpoint_dir: Path | None = None) -> dict[str, float]:
-    """One DPO run from ``model_path`` on ``pairs`` (also one round of iterative/self-rewarding DPO).
+@dataclass
+class DPORun:
+    """One DPO run: from ``model_path`` on ``pairs`` into ``output_dir``. ``checkpoint_dir``: save
+    checkpoints there every ``save_steps`` steps and resume from the newest complete one (None: no
+    checkpoints, e.g. inside self-rewarding rounds). ``step_offset``: where its logged steps start;
+    ``seed``: the trainer's seed (None: the run's)."""
 
-    ``checkpoint_dir``: save checkpoints there every ``opt.save_steps`` steps and resume from the
-    newest complete one (None: no checkpoints, e.g. inside self-rewarding rounds).
-    """
-    from transformers import TrainerCallback
-    from trl import DPOConfig, DPOTrainer
+    model_path: str
+    pairs: list
+    output_dir: Path
+    checkpoint_dir: Path | None = None
+    step_offset: int = 0
+    seed: int | None = None
+
+
+def train_dpo(opt: DPOOptimizer, ctx: TrainContext, job: DPORun) -> dict[str, float]:
+    """One DPO run (also one round of iterative/self-rewarding DPO); returns the last logged row."""
+    from trl import DPOTrainer
 
     from rlaif.models import load_causal_lm, load_tokenizer
     from rlaif.optimizers.checkpoints import TrainerResume, checkpoint_args
 
-    if not pairs:
+    if not job.pairs:
         raise ValueError("DPO got no preference pairs: lower preferences.min_margin or sample more candidates")
-    tok = load_tokenizer(model_path, trust_remote_code)
-    model = load_causal_lm(model_path, opt.dtype, trust_remote_code)
-    data = _pairs_dataset([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs],
-                          checkpoint_dir)
-    saving = checkpoint_args(getattr(opt, "save_steps", None), Path(checkpoint_dir) if checkpoint_dir else None,
-                             output_dir, opt.logging_steps)
-    args = DPOConfig(
+    tok = load_tokenizer(job.model_path, ctx.trust_remote_code)
+    model = load_causal_lm(job.model_path, opt.dtype, ctx.trust_remote_code)
+    data = _pairs_dataset([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in job.pairs],
+                          job.checkpoint_dir)
+    saving = checkpoint_args(opt.save_steps, Path(job.checkpoint_dir) if job.checkpoint_dir else None,
+                             job.output_dir, opt.logging_steps)
+    last: dict[str, float] = {}
+    resume = TrainerResume(ctx, last) if saving["save_strategy"] != "no" else None
+    forward = _forwarder(opt, ctx, last, job.step_offset)
+    trainer = DPOTrainer(model=model, args=_dpo_config(opt, saving, ctx.seed if job.seed is None else job.seed), train_dataset=data,
+                         processing_class=tok, peft_config=lora_config(opt.lora),
+                         callbacks=[c for c in (resume, forward) if c])
+    progress.attach(trainer, "dpo")
+    if resume is not None:
+        resume.attach(trainer)
+    trainer.train(resume_from_checkpoint=resume.resume_from if resume else None)
+    job.output_dir.mkdir(parents=True, exist_ok=True)
+    save_policy(trainer.model, tok, job.output_dir)
+    shutil.rmtree(job.output_dir / "trainer", ignore_errors=True)
+    return last
+
+
+def _dpo_config(opt: DPOOptimizer, saving: dict, seed: int):
+    from trl import DPOConfig
+
+    return DPOConfig(
         **saving, beta=opt.beta, **loss_args(opt.loss_type, opt.label_smoothing), learning_rate=opt.learning_rate,
         num_train_epochs=opt.epochs, per_device_train_batch_size=opt.batch_size,
         gradient_accumulation_steps=opt.grad_accum, max_length=opt.max_length,
@@ -101,7 +130,11 @@ def train_dpo(opt: DPOOptimizer, model_path: str, pairs: list, output_dir: Path,
         dataloader_num_workers=0, disable_dropout=True,
         use_cpu=not torch.cuda.is_available(),
     )
-    last: dict[str, float] = {}
+
+
+def _forwarder(opt: DPOOptimizer, ctx: TrainContext, last: dict, step_offset: int):
+    """A callback that logs TRL's rows through ``ctx.log`` and stops on a non-finite loss or gradient."""
+    from transformers import TrainerCallback
 
     class _Forward(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
@@ -117,19 +150,7 @@ def train_dpo(opt: DPOOptimizer, model_path: str, pairs: list, output_dir: Path,
             last.update(row)
             ctx.log(row, step=step_offset + state.global_step)
 
-    resume = TrainerResume(ctx, last) if saving["save_strategy"] != "no" else None
-    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
-                         peft_config=lora_config(opt.lora), callbacks=[c for c in (resume, _Forward()) if c])
-    progress.attach(trainer, "dpo")
-    if resume is not None:
-        resume.attach(trainer)
-    trainer.train(resume_from_checkpoint=resume.resume_from if resume else None)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_policy(trainer.model, tok, output_dir)
-    import shutil
-
-    shutil.rmtree(output_dir / "trainer", ignore_errors=True)
-    return last
+    return _Forward()
 
 
 def loss_args(loss_type: str, label_smoothing: float) -> dict:

@@ -68,34 +68,25 @@ class RewardModelTrainer:
         return train, evals
 
     def train(self, base_model_path: str, pairs: list[PreferencePair], output_dir, seed: int, tracker=None,
-              trust_remote_code: bool = False, eval_fraction: float | None = None,
-              checkpoint_dir: Path | None = None) -> dict[str, float]:
+              trust_remote_code: bool = False, checkpoint_dir: Path | None = None) -> dict[str, float]:
         """Train on ``pairs`` starting from ``base_model_path``; save to ``output_dir``; return
         ``reward_model/...`` metrics (``loss``: mean training loss; ``accuracy``: held-out pair accuracy).
 
         ``checkpoint_dir``: where checkpoints go every ``save_steps`` steps, and where a rerun looks
         for one to resume from (None: no checkpoints)."""
-        import torch
         from datasets import Dataset
-        from transformers import AutoModelForSequenceClassification
         from trl import RewardConfig, RewardTrainer
 
-        from rlaif.models import load_tokenizer, torch_dtype
+        from rlaif.models import load_tokenizer
         from rlaif.optimizers.trl_online import resumer
 
         if not pairs:
             raise ValueError("the reward model got no preference pairs: label more candidates with the judge or "
                              "lower preferences.min_margin")
         output_dir = Path(output_dir)
-        eval_fraction = self.eval_fraction if eval_fraction is None else eval_fraction
-        train_pairs, eval_pairs = self.split(pairs, seed, eval_fraction)
-
+        train_pairs, eval_pairs = self.split(pairs, seed, self.eval_fraction)
         tok = load_tokenizer(base_model_path, trust_remote_code)
-        torch.manual_seed(seed)  # the new score head is initialised randomly
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base_model_path, num_labels=1, dtype=torch_dtype(self.dtype), trust_remote_code=trust_remote_code,
-            use_safetensors=True)
-        model.config.pad_token_id = tok.pad_token_id  # the head reads each row's last non-pad token
+        model = self._scoring_model(base_model_path, tok, seed, trust_remote_code)
 
         def dataset(ps):
             return Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in ps])
@@ -105,17 +96,11 @@ class RewardModelTrainer:
                             center_rewards_coefficient=self.center_rewards_coefficient, disable_dropout=True,
                             trust_remote_code=trust_remote_code, per_device_eval_batch_size=self.batch_size)
         last: dict[str, float] = {}
-
-        def log_fn(row, step=None):  # TRL's keys -> reward_model/train/... and reward_model/eval/...
-            if tracker is not None:
-                tracker.log({f"reward_model/eval/{k[5:]}" if k.startswith("eval_") else f"reward_model/train/{k}": v
-                             for k, v in row.items()} | {"reward_model/step": step})
-
         # What TrainerResume keeps beside each checkpoint (logged rows, counters) lives in this stand-in
         # for an optimizer's TrainContext; the reward model has no judge calls or generations to count.
         state = SimpleNamespace(checkpoint_dir=checkpoint_dir, history=[], counters={})
         resume = resumer(args, state, last)
-        fwd = log_forwarder(log_fn, last, "reward model", "lower reward_model.learning_rate", prefix="")
+        fwd = log_forwarder(_log_to(tracker), last, "reward model", "lower reward_model.learning_rate", prefix="")
         trainer = RewardTrainer(model=model, args=args, train_dataset=dataset(train_pairs),
                                 eval_dataset=dataset(eval_pairs) if eval_pairs else None, processing_class=tok,
                                 peft_config=_seq_cls_lora(self.lora), callbacks=[c for c in (resume, fwd) if c])
@@ -126,30 +111,57 @@ class RewardModelTrainer:
         if resume is not None:
             resume.attach(trainer)
         trainer.train(resume_from_checkpoint=resume.resume_from if resume is not None else None)
-
-        out = {"reward_model/num_train_pairs": float(kept),
-               "reward_model/dropped_long_pairs": float(len(train_pairs) - kept),
-               "reward_model/num_eval_pairs": float(len(eval_pairs)),
-               "reward_model/loss": last.get("train_loss", float("nan")),  # mean over training
-               "reward_model/train_accuracy": last.get("accuracy", float("nan"))}  # the last logged batches
-        if eval_pairs and len(trainer.eval_dataset) > 0:
-            ev = trainer.evaluate()
-            out["reward_model/accuracy"] = _pair_accuracy(trainer)
-            out["reward_model/eval_loss"] = float(ev.get("eval_loss", float("nan")))
-            out["reward_model/eval_margin"] = float(ev.get("eval_margin", float("nan")))
-            out["reward_model/num_eval_pairs"] = float(len(trainer.eval_dataset))
-
-        model = trainer.model
-        if not distributed.is_main():  # process 0 saves the weights every process holds
-            return out
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        model.config.pad_token_id = tok.pad_token_id
-        model.save_pretrained(output_dir, safe_serialization=True)
-        tok.save_pretrained(output_dir)
-        shutil.rmtree(output_dir / "trainer", ignore_errors=True)
+        out = _results(trainer, last, kept, len(train_pairs), eval_pairs)
+        if distributed.is_main():  # process 0 saves the weights every process holds
+            _save(trainer.model, tok, output_dir)
         return out  # the caller logs these (the pipeline also caches them)
+
+    def _scoring_model(self, base_model_path: str, tok, seed: int, trust_remote_code: bool):
+        """The policy with a new scalar head (initialised from ``seed``)."""
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        from rlaif.models import torch_dtype
+
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_model_path, num_labels=1, dtype=torch_dtype(self.dtype), trust_remote_code=trust_remote_code,
+            use_safetensors=True)
+        model.config.pad_token_id = tok.pad_token_id  # the head reads each row's last non-pad token
+        return model
+
+
+def _log_to(tracker):
+    def log_fn(row, step=None):  # TRL's keys -> reward_model/train/... and reward_model/eval/...
+        if tracker is not None:
+            tracker.log({f"reward_model/eval/{k[5:]}" if k.startswith("eval_") else f"reward_model/train/{k}": v
+                         for k, v in row.items()} | {"reward_model/step": step})
+    return log_fn
+
+
+def _results(trainer, last: dict, kept: int, train_pairs: int, eval_pairs: list) -> dict[str, float]:
+    out = {"reward_model/num_train_pairs": float(kept),
+           "reward_model/dropped_long_pairs": float(train_pairs - kept),
+           "reward_model/num_eval_pairs": float(len(eval_pairs)),
+           "reward_model/loss": last.get("train_loss", float("nan")),  # mean over training
+           "reward_model/train_accuracy": last.get("accuracy", float("nan"))}  # the last logged batches
+    if eval_pairs and len(trainer.eval_dataset) > 0:
+        ev = trainer.evaluate()
+        out["reward_model/accuracy"] = _pair_accuracy(trainer)
+        out["reward_model/eval_loss"] = float(ev.get("eval_loss", float("nan")))
+        out["reward_model/eval_margin"] = float(ev.get("eval_margin", float("nan")))
+        out["reward_model/num_eval_pairs"] = float(len(trainer.eval_dataset))
+    return out
+
+
+def _save(model, tok, output_dir: Path) -> None:
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tok.save_pretrained(output_dir)
+    shutil.rmtree(output_dir / "trainer", ignore_errors=True)
 
 
 def _pair_accuracy(trainer) -> float:

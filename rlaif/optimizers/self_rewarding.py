@@ -20,7 +20,7 @@ from pydantic import Field, field_validator
 
 from rlaif.io import write_json
 from rlaif.optimizers.base import TrainContext
-from rlaif.optimizers.dpo import DPOOptimizer, DPOOptions, train_dpo
+from rlaif.optimizers.dpo import DPOOptimizer, DPOOptions, DPORun, train_dpo
 from rlaif.options import META, Count, Dtype, NonNegative, Options
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class SelfRewardingDPO:
             ctx.log(row, step=steps)
             tmp = rounds_dir / f".round_{r}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            last = train_dpo(self.dpo, current, pairs, tmp / "model", seed, ctx, ctx.trust_remote_code, steps)
+            last = train_dpo(self.dpo, ctx, DPORun(current, pairs, tmp / "model", step_offset=steps, seed=seed))
             last.update(row)
             steps = int(ctx.history[-1].get("train/step", steps)) if ctx.history else steps
             write_json(tmp / "round.json", {"steps": steps, "metrics": last, "history": ctx.history[start:]})

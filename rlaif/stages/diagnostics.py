@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from rlaif import progress
+from rlaif.answers import Answers, answers_journaled
 from rlaif.diagnostics import (
     compute_diagnostics,
     diagnostics_plot,
@@ -17,7 +18,6 @@ from rlaif.diagnostics import (
 )
 from rlaif.io import write_json
 from rlaif.journal import Journal, spent_since
-from rlaif.stages.answers import Answers, answers_journaled
 from rlaif.stages.base import Stage
 from rlaif.stages.judge import JUDGE
 from rlaif.stages.preferences import gold_by_candidate
@@ -104,7 +104,7 @@ def _probes(judge, prompts: list[Prompt], pairs: list[PreferencePair], items: in
         if done is not None:
             return done[0]
         before = accounting() if accounting is not None else None
-        replayed = dict(answers.log.journal.reused_spent) if answers is not None else {}
+        replayed = answers.reused() if answers is not None else {}
         failed = answers.failures() if answers is not None else 0
         result = {k: _finite_or_none(x) for k, x in fn().items()}
         if answers is not None and answers.failures() > failed:  # a probe with a failed request is redone

@@ -10,10 +10,10 @@ from typing import Any
 
 from hydra.utils import instantiate
 
+from rlaif.answers import answers_journaled
 from rlaif.criteria import Criterion
 from rlaif.evaluation import KL_ESTIMATOR, KLModels, Scorers, evaluate
 from rlaif.generators import HFGenerator
-from rlaif.stages.answers import answers_journaled
 from rlaif.stages.base import Stage
 from rlaif.stages.judge import JUDGE
 from rlaif.stages.reward_model import POLICY

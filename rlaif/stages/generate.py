@@ -5,9 +5,9 @@ from __future__ import annotations
 import inspect
 import logging
 
+from rlaif.answers import answer_logs
 from rlaif.journal import Journal, add_spent, spent_since
 from rlaif.replay import LOCATION
-from rlaif.stages.answers import answer_logs
 from rlaif.stages.base import Inputs, Stage
 from rlaif.types import Candidate, Prompt
 

@@ -3,9 +3,9 @@ groups of ``journal.chunk_prompts`` prompts (a kill loses at most the group in p
 
 from __future__ import annotations
 
+from rlaif.answers import answer_logs
 from rlaif.journal import Journal, add_spent
 from rlaif.judges.base import rank_in_chunks
-from rlaif.stages.answers import answer_logs
 from rlaif.stages.base import Inputs, Stage
 from rlaif.types import Judgment, PairwiseVerdict
 

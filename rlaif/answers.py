@@ -1,6 +1,6 @@
-"""API answers journaled one by one, for the stages that call an API judge or generator outside
-``rank_in_chunks`` (probes, evaluation, generation): a rerun after a kill or a failed request
-sends only the requests that had no usable answer, and their spend is still counted."""
+"""API answers journaled one by one, for every stage that calls an API judge (labelling, probes,
+evaluation): a rerun after a kill or a failed request sends only the requests that had no usable
+answer, and their spend is still counted."""
 
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ class Answers:
     """The answer log and failure count of ``answers_journaled``'s API clients."""
 
     def __init__(self, log, clients: list):
-        self.log, self.clients = log, clients
+        self.log, self.clients = log, clients  # log: None when nothing is journaled
+
+    def reused(self) -> dict:
+        """What the answers read back from the log so far had cost (their earlier attempts' spend)."""
+        return dict(self.log.journal.reused_spent) if self.log is not None else {}
 
     def failures(self) -> int:
         return sum(c.failures for c in self.clients)
@@ -23,7 +27,7 @@ class Answers:
     def spent(self, accounting, before: dict | None, replayed: dict) -> dict | None:
         """``spent_since`` plus the answers of earlier attempts served from the log since ``replayed``."""
         spent = spent_since(accounting, before)
-        if spent is not None:
+        if spent is not None and self.log is not None:
             for k, v in self.log.journal.reused_spent.items():
                 if k in spent:
                     spent[k] += v - replayed.get(k, 0)
@@ -31,13 +35,14 @@ class Answers:
 
 
 @contextlib.contextmanager
-def answers_journaled(judges: list[tuple[Any, str]], path: Path):
+def answers_journaled(judges: list[tuple[Any, str]], path: Path | None):
     """The labelling stage's rule (``rank_in_chunks``) for the judge requests of a later stage.
 
     Each usable answer of the API judges in ``judges`` ((judge or None, config key of its
     ``max_failed_share``)) is journaled at ``path`` as it arrives and served from there on a rerun,
-    so a rerun sends only the requests that failed. When the body is done, more failures than
-    a judge's ``max_failed_share`` raise ``RequestsFailed``, before the stage's results can be cached.
+    so a rerun sends only the requests that failed (``path`` None: nothing is journaled). When the
+    body is done, more failures than a judge's ``max_failed_share`` raise ``RequestsFailed``, before
+    the stage's results can be cached.
     """
     from rlaif.backends.api import AnswerLog
     from rlaif.judges.base import api_clients
@@ -47,7 +52,7 @@ def answers_journaled(judges: list[tuple[Any, str]], path: Path):
         for c in api_clients(j) if j is not None else []:
             if all(c is not x for x, _ in clients):
                 clients.append((c, setting))
-    answers = Answers(AnswerLog(Journal(path)), [c for c, _ in clients])
+    answers = Answers(AnswerLog(Journal(path)) if path is not None and clients else None, [c for c, _ in clients])
     start = [(c.requests, c.failures) for c, _ in clients]
     for c, _ in clients:
         c.record_answers(answers.log)
