@@ -8,6 +8,7 @@ continuation's tokens whatever the chat template does at the boundary.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -131,14 +132,23 @@ def truncate_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
 
 
 @torch.no_grad()
+class Sampling(NamedTuple):
+    """A sampling distribution: softmax(logits / temperature), truncated by top_k / top_p (0 / 1: off)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+UNTRUNCATED = Sampling()  # T = 1, no truncation
+
+
 def sampled_logprobs(
     model,
     pad_id: int,
     prefixes: Sequence[list[int]],
     continuations: Sequence[list[int]],
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
+    sampling: Sampling = UNTRUNCATED,
     batch_size: int = 16,
     desc: str | None = None,
 ) -> list[tuple[float, float, int]]:
@@ -146,9 +156,10 @@ def sampled_logprobs(
     alone, token count).
 
     The sampling distribution is softmax(logits / ``temperature``) truncated by ``top_k`` /
-    ``top_p`` and renormalised: the one ``model.generate`` draws from with those settings and
+    ``top_p`` (``sampling``) and renormalised: the one ``model.generate`` draws from with those settings and
     nothing else. Without truncation both sums are equal. Empty continuations get (0.0, 0.0, 0).
     """
+    temperature, top_p, top_k = sampling
     if temperature <= 0:
         raise ValueError(f"sampled_logprobs: temperature must be > 0, got {temperature}")
     truncated = top_k > 0 or top_p < 1.0

@@ -1,7 +1,8 @@
-"""Judges' and generators' options: declared once (an ``Options`` model: types and ranges, no
-defaults), with their defaults in their YAML under conf/ (rlaif/options.py).
+"""Components' options (judges, generators, optimizers, the reward model): declared once (an
+``Options`` model: types and ranges, no defaults), with their defaults in their YAML under conf/
+(rlaif/options.py).
 
-Every YAML in conf/judge/ and conf/generator/ is checked against the class its ``_target_`` names:
+Every YAML in conf/judge/, conf/generator/, conf/optimizer/ and conf/reward_model/ is checked against the class its ``_target_`` names:
 the model has exactly the YAML's keys, all required; building it with nothing given gives the
 values Hydra composes from that YAML; a bad value and a misspelt key are refused naming the key.
 Nothing here loads a model: options are checked before anything is built.
@@ -20,9 +21,9 @@ from rlaif.config import conf_dir
 from rlaif.criteria import load_criterion
 from rlaif.generators.hf import HFGenerator
 from rlaif.judges import PanelJudge, PointwiseJudge, VaderJudge
-from rlaif.options import META, OptionsError
+from rlaif.options import META, Options, OptionsError
 
-COMPONENTS = [(group, path.stem) for group in ("judge", "generator")
+COMPONENTS = [(group, path.stem) for group in ("judge", "generator", "optimizer", "reward_model")
               for path in sorted((conf_dir() / group).glob("*.yaml"))]
 IDS = [f"{group}={option}" for group, option in COMPONENTS]
 
@@ -39,6 +40,15 @@ BAD = {
     "judge/rule_regex": ("pattern", "(unclosed", "is not a valid regular expression"),
     "generator/hf": ("top_p", 1.5, "must be <= 1"),
     "generator/api": ("max_failed_share", 2.0, "must be <= 1"),
+    "optimizer/dpo": ("loss_type", "nope", "is not one of 'sigmoid', 'hinge'"),
+    "optimizer/ppo": ("gamma", 1.5, "must be <= 1"),
+    "optimizer/grpo": ("num_generations", 0, "must be >= 1"),
+    "optimizer/rloo": ("epsilon", 0, "must be > 0"),
+    "optimizer/online_dpo": ("loss_type", "hinge", "is not one of 'sigmoid' or 'ipo'"),
+    "optimizer/cai_sft": ("revision_request", "Rewrite it.", "must contain {principle}"),
+    "optimizer/best_of_n": ("n", 0, "must be >= 1"),
+    "optimizer/self_rewarding": ("num_candidates", 1, "must be >= 2"),
+    "reward_model/default": ("eval_fraction", 1.0, "must be < 1"),
 }
 
 
@@ -46,6 +56,17 @@ def _yaml(group: str, option: str) -> dict:
     """The component's node as Hydra composes it from its YAML alone (no experiment on top)."""
     cfg = compose_config([f"{group}={option}", "~experiment"])
     return OmegaConf.to_container(cfg[group], resolve=True)
+
+
+def _options(node: dict, model) -> dict:
+    """A node's options: without Hydra's and the config's own keys, also in a nested options model
+    (self-rewarding's ``dpo`` is optimizer=dpo's whole file, ``_target_`` included)."""
+    def nested(k):
+        ann = model.model_fields[k].annotation if k in model.model_fields else None
+        return ann if isinstance(ann, type) and issubclass(ann, Options) else None
+
+    return {k: _options(v, nested(k)) if isinstance(v, dict) and nested(k) else v
+            for k, v in node.items() if k not in META}
 
 
 def _component(group: str, option: str):
@@ -56,7 +77,7 @@ def _build(cls, group: str, **given):
     """The component itself, built in code with ``given`` (judges with a criterion that words every kind)."""
     if group == "judge":
         return cls(load_criterion("positive_sentiment"), **given)
-    return cls(**given)
+    return cls(**given)  # generators, optimizers and the reward model take options only
 
 
 @pytest.mark.parametrize(("group", "option"), COMPONENTS, ids=IDS)
@@ -64,7 +85,7 @@ def test_fields_are_the_yaml_keys_and_all_required(group, option):
     cls = _component(group, option)
     model = cls.Options
     assert model.CONF == f"{group}/{option}"
-    assert set(model.model_fields) == set(_yaml(group, option)) - set(META)
+    assert set(model.model_fields) == set(_options(_yaml(group, option), model))
     assert all(f.is_required() for f in model.model_fields.values())
 
 
@@ -84,7 +105,7 @@ def test_building_with_nothing_given_gives_the_yaml_values(group, option):
     cls = _component(group, option)
     node = _yaml(group, option)
     built = cls.Options.build({}).model_dump()
-    assert built == {k: v for k, v in node.items() if k not in META}
+    assert built == _options(node, cls.Options)
     # the composed node itself (what config.validate sees) has no problems
     assert cls.Options.problems(node, group) == []
 
@@ -95,7 +116,7 @@ def test_a_component_built_in_code_with_nothing_given_holds_the_yaml_values(grou
     cls = _component(group, option)
     given = {"backend": _NoModel()} if "backend" in inspect.signature(cls).parameters else {}
     component = _build(cls, group, **given)
-    yaml = {k: v for k, v in _yaml(group, option).items() if k not in META}
+    yaml = _options(_yaml(group, option), cls.Options)
     assert component.options.model_dump() == yaml
     if group == "generator":  # what cache keys and candidates record
         want = {k: yaml[k] for k in ("max_new_tokens", "temperature", "top_p", "top_k")}

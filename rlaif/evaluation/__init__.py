@@ -28,7 +28,7 @@ from typing import Any
 
 from rlaif.diagnostics import length_controlled_win_rate
 from rlaif.diagnostics.stats import is_number
-from rlaif.scoring import chat_prefix_ids, sampled_logprobs, text_ids
+from rlaif.scoring import Sampling, chat_prefix_ids, sampled_logprobs, text_ids
 from rlaif.types import Candidate, EvalSample, Prompt
 
 # Part of the evaluation stage's cache key: records scored under another KL definition are not reused.
@@ -104,9 +104,9 @@ def sequence_kl(prompts: list[Prompt], policy: list[Candidate], policy_model, re
     for t, top_p, top_k in sorted(set(dists)):
         rows = [i for i, d in enumerate(dists) if d == (t, top_p, top_k)]
         pre, conts = [prefixes[i] for i in rows], [scored[i][0] for i in rows]
-        pol = sampled_logprobs(policy_model, tokenizer.pad_token_id, pre, conts, t, top_p, top_k, batch_size,
+        pol = sampled_logprobs(policy_model, tokenizer.pad_token_id, pre, conts, Sampling(t, top_p, top_k), batch_size,
                                desc="KL (policy)")
-        ref = sampled_logprobs(reference_model, tokenizer.pad_token_id, pre, conts, t, 1.0, 0, batch_size,
+        ref = sampled_logprobs(reference_model, tokenizer.pad_token_id, pre, conts, Sampling(t), batch_size,
                                desc="KL (reference)")
         for i, (ps, pt, _), (_, rt, _) in zip(rows, pol, ref, strict=True):
             out[i] = (ps, pt, rt)

@@ -61,11 +61,6 @@ class SelfRewardingDPO:
         self.dpo = DPOOptimizer(**o.dpo.model_dump())
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
-        from rlaif.generators import HFGenerator
-        from rlaif.judges import PointwiseJudge
-        from rlaif.models import ModelPool
-        from rlaif.preferences import build_pairs
-
         if ctx.criterion is None:
             raise ValueError("self_rewarding needs the run's criterion (its pointwise wording is the self-judge prompt)")
         rounds_dir = Path(ctx.checkpoint_dir or Path(ctx.output_dir) / "rounds")
@@ -78,33 +73,8 @@ class SelfRewardingDPO:
                 current, steps, last = str(done / "model"), info["steps"], info["metrics"]
                 ctx.history.extend(info["history"])
                 continue
-            name = f"self-rewarding-round-{r}"
-            pool = ModelPool(trust_remote_code=ctx.trust_remote_code)
-            pool.add(name, current, f"{name}:{current}")
-            gen = HFGenerator(model=name, num_candidates=self.k, max_new_tokens=ctx.max_new_tokens,
-                              temperature=ctx.temperature, top_p=ctx.top_p, batch_size=self.sample_batch_size,
-                              dtype=self.judge_dtype)
             seed = ctx.seed * 1000 + r
-            cands = gen.sample(pool, ctx.prompts, seed=seed, source=f"round{r}", desc=f"self-rewarding round {r}: sample")
-            ctx.counters["generated_tokens"] += sum(c.num_tokens for c in cands)
-            judge = PointwiseJudge(ctx.criterion, pool=pool, model=name, dtype=self.judge_dtype,
-                                   batch_size=self.judge_batch_size, seed=ctx.seed)
-            judgments, _ = judge.rank(ctx.prompts, cands)
-            ctx.counters["judge_calls"] += len(cands)
-            pairs, stats = build_pairs(ctx.prompts, cands, judgments, [], "best_vs_worst", self.min_margin)
-            valid = [j.score for j in judgments if j.valid]
-            row = {"train/round": r, "train/self_judge_score_mean": sum(valid) / max(len(valid), 1),
-                   "train/self_judge_invalid": len(judgments) - len(valid), "train/pairs": len(pairs),
-                   "train/sample_length": sum(c.num_tokens for c in cands) / max(len(cands), 1)}
-            if ctx.gold is not None:  # how good the policy's samples and its own labels are, this round
-                by_id = {p.id: p for p in ctx.prompts}
-                g = dict(zip([(c.prompt_id, c.index) for c in cands],
-                             ctx.gold.score([by_id[c.prompt_id] for c in cands], [c.text for c in cands]), strict=True))
-                agree = [g[(p.prompt_id, p.chosen_index)] > g[(p.prompt_id, p.rejected_index)] for p in pairs
-                         if g[(p.prompt_id, p.chosen_index)] != g[(p.prompt_id, p.rejected_index)]]
-                row["train/sample_gold_mean"] = sum(g.values()) / max(len(g), 1)
-                row["train/self_judge_gold_agreement"] = sum(agree) / len(agree) if agree else float("nan")
-            del pool, judge, gen
+            pairs, row = self._label_round(ctx, r, current, seed)
             start = len(ctx.history)
             ctx.log(row, step=steps)
             tmp = rounds_dir / f".round_{r}.tmp"
@@ -122,3 +92,42 @@ class SelfRewardingDPO:
             if f.is_file():
                 shutil.copy2(f, out / f.name)
         return {**last, "train/rounds": self.rounds}
+
+    def _label_round(self, ctx: TrainContext, r: int, current: str, seed: int) -> tuple[list, dict]:
+        """Round ``r``'s preference pairs: the current policy samples, then rates its own samples."""
+        from rlaif.generators import HFGenerator
+        from rlaif.judges import PointwiseJudge
+        from rlaif.models import ModelPool
+        from rlaif.preferences import build_pairs
+
+        name = f"self-rewarding-round-{r}"
+        pool = ModelPool(trust_remote_code=ctx.trust_remote_code)
+        pool.add(name, current, f"{name}:{current}")
+        gen = HFGenerator(model=name, num_candidates=self.k, max_new_tokens=ctx.max_new_tokens,
+                          temperature=ctx.temperature, top_p=ctx.top_p, batch_size=self.sample_batch_size,
+                          dtype=self.judge_dtype)
+        cands = gen.sample(pool, ctx.prompts, seed=seed, source=f"round{r}", desc=f"self-rewarding round {r}: sample")
+        ctx.counters["generated_tokens"] += sum(c.num_tokens for c in cands)
+        judge = PointwiseJudge(ctx.criterion, pool=pool, model=name, dtype=self.judge_dtype,
+                               batch_size=self.judge_batch_size, seed=ctx.seed)
+        judgments, _ = judge.rank(ctx.prompts, cands)
+        ctx.counters["judge_calls"] += len(cands)
+        pairs, _ = build_pairs(ctx.prompts, cands, judgments, [], "best_vs_worst", self.min_margin)
+        valid = [j.score for j in judgments if j.valid]
+        row = {"train/round": r, "train/self_judge_score_mean": sum(valid) / max(len(valid), 1),
+               "train/self_judge_invalid": len(judgments) - len(valid), "train/pairs": len(pairs),
+               "train/sample_length": sum(c.num_tokens for c in cands) / max(len(cands), 1)}
+        if ctx.gold is not None:
+            row.update(_gold_row(ctx, cands, pairs))
+        return pairs, row
+
+
+def _gold_row(ctx: TrainContext, cands, pairs) -> dict[str, float]:
+    """How good the policy's samples and its own labels are this round, by the task's gold labeller."""
+    by_id = {p.id: p for p in ctx.prompts}
+    g = dict(zip([(c.prompt_id, c.index) for c in cands],
+                 ctx.gold.score([by_id[c.prompt_id] for c in cands], [c.text for c in cands]), strict=True))
+    agree = [g[(p.prompt_id, p.chosen_index)] > g[(p.prompt_id, p.rejected_index)] for p in pairs
+             if g[(p.prompt_id, p.chosen_index)] != g[(p.prompt_id, p.rejected_index)]]
+    return {"train/sample_gold_mean": sum(g.values()) / max(len(g), 1),
+            "train/self_judge_gold_agreement": sum(agree) / len(agree) if agree else float("nan")}
