@@ -226,8 +226,12 @@ def _check_judge(c: _Checker) -> None:
     from rlaif.criteria import Criterion, required_wording, wording_problems
 
     c.need("generator.num_candidates", "int", low=2)  # pairs need two candidates per prompt
-    for key in ("judge.api.max_failed_share", "judge.api.max_retry_after_s"):  # judge.api is a plain dict
-        c.need(key, "number", low=0, high=1 if key.endswith("share") else None, optional=True)
+    api = c.get("judge.api")
+    if api:  # the given keys over conf/api/judge.yaml's, as the judge will build them
+        from rlaif.backends.api import APIOptions
+
+        given = OmegaConf.to_container(api, resolve=True) if OmegaConf.is_config(api) else dict(api)
+        c.errors += APIOptions.problems({**APIOptions.defaults(), "model": c.get("judge.model"), **given}, "judge.api")
     c.need("judge.kind", "str", choices=tuple(required_wording()))
     c.need("criteria.name", "str")
     if c.get("judge.kind") in required_wording() and isinstance(c.get("criteria.name"), str):

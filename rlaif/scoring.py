@@ -131,7 +131,6 @@ def truncate_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
     return out
 
 
-@torch.no_grad()
 class Sampling(NamedTuple):
     """A sampling distribution: softmax(logits / temperature), truncated by top_k / top_p (0 / 1: off)."""
 
@@ -143,6 +142,7 @@ class Sampling(NamedTuple):
 UNTRUNCATED = Sampling()  # T = 1, no truncation
 
 
+@torch.no_grad()
 def sampled_logprobs(
     model,
     pad_id: int,

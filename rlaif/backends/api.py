@@ -34,11 +34,13 @@ replies and log-probs); this module holds ``APIBackend`` and re-exports their na
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field
 
 from rlaif.backends import BackendUnsupported
 from rlaif.backends.answer_log import AnswerLog
-from rlaif.backends.chat_client import MAX_RETRY_AFTER_S, ChatClient, Failure, RequestsFailed, public_url
+from rlaif.backends.chat_client import ChatClient, ClientOptions, Failure, RequestsFailed, public_url
 from rlaif.backends.chat_responses import (
     _finite_number,
     _message_text,
@@ -47,7 +49,7 @@ from rlaif.backends.chat_responses import (
     token_text,
 )
 
-__all__ = ["MAX_RETRY_AFTER_S", "APIBackend", "AnswerLog", "ChatClient", "Failure", "RequestsFailed",
+__all__ = ["APIBackend", "APIOptions", "ClientOptions", "AnswerLog", "ChatClient", "Failure", "RequestsFailed",
            "option_logprobs", "plain", "public_url", "token_text"]
 
 
@@ -60,25 +62,31 @@ def plain(obj: Any) -> Any:
     return obj
 
 
-class APIBackend:
-    """Judge backend over an OpenAI-compatible server: next-token log-probs and generation."""
+class APIOptions(ClientOptions):
+    """``judge.api``: a judge served by an OpenAI-compatible server (defaults: conf/api/judge.yaml)."""
 
-    def __init__(self, model: str, base_url: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 max_concurrency: int = 4, timeout_s: float = 60, max_retries: int = 4, backoff_s: float = 1.0,
-                 top_logprobs: int = 20, price_per_1k_prompt: float = 0.0, price_per_1k_completion: float = 0.0,
-                 requests_per_minute: float | None = None, extra_body: dict | None = None,
-                 max_retry_after_s: float = MAX_RETRY_AFTER_S, max_failed_share: float = 0.0):
-        if not model:
-            raise ValueError("APIBackend needs a model id (the server's name for the model)")
-        if not 1 <= int(top_logprobs) <= 20:
-            raise ValueError(f"top_logprobs must be in [1, 20] (the OpenAI limit), got {top_logprobs}")
-        self.model_name = str(model)
-        self.top_logprobs = int(top_logprobs)
+    CONF: ClassVar[str] = "api/judge"
+    model: str | None  # the server's name for the model; null = judge.model
+    top_logprobs: Annotated[int, Field(ge=1, le=20)]  # 20 is the OpenAI limit
+    extra_body: dict[str, Any] | None
+
+
+class APIBackend:
+    """Judge backend over an OpenAI-compatible server: next-token log-probs and generation.
+
+    Keyword arguments are ``judge.api`` keys (``APIOptions``; the others come from conf/api/judge.yaml)."""
+
+    def __init__(self, model: str | None = None, **options):
+        o = APIOptions.build({**options, "model": model} if model is not None else options, "judge.api")
+        if not o.model:
+            raise ValueError("APIBackend needs a model id (the server's name for the model): set judge.model or "
+                             "judge.api.model")
+        self.options = o
+        self.model_name = o.model
+        self.top_logprobs = o.top_logprobs
         self.last_bounded: list[tuple[int, str]] = []
-        self.extra_body = plain(extra_body or {})
-        self.client = ChatClient(base_url, api_key_env, max_concurrency, timeout_s, max_retries, backoff_s,
-                                 price_per_1k_prompt, price_per_1k_completion, requests_per_minute,
-                                 max_retry_after_s, max_failed_share)
+        self.extra_body = plain(o.extra_body or {})
+        self.client = ChatClient(o)
 
     def __repr__(self) -> str:
         return (f"APIBackend(model={self.model_name!r}, base_url={public_url(self.client.base_url)!r}, "

@@ -24,16 +24,17 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
+from pydantic import Field, field_validator
 
 from rlaif.backends.answer_log import AnswerLog
+from rlaif.options import Count, Fraction, NonNegative, Options, Positive
 
 log = logging.getLogger(__name__)
 
-MAX_RETRY_AFTER_S = 60.0  # default cap: a server asking for a longer pause gets this (then a retry)
 
 
 class Failure(Exception):
@@ -78,53 +79,58 @@ class _RateLimiter:
             time.sleep(slot - now)
 
 
-def _share(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"max_failed_share must be a number in [0, 1] (the share of a stage's requests that may "
-                         f"fail before the run stops; 0 = none), got {value!r}")
-    return float(value)
-
-
 def _int(x: Any) -> int:
     return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else 0
+
+
+class ClientOptions(Options):
+    """How to reach an OpenAI-compatible server and how patiently: shared by the API judge
+    (``judge.api``, defaults in conf/api/judge.yaml) and the API generator (conf/generator/api.yaml)."""
+
+    base_url: str
+    api_key_env: str | None
+    max_concurrency: Count
+    timeout_s: Positive
+    max_retries: Annotated[int, Field(ge=0)]
+    backoff_s: NonNegative
+    max_retry_after_s: NonNegative
+    requests_per_minute: Positive | None
+    price_per_1k_prompt: NonNegative
+    price_per_1k_completion: NonNegative
+    max_failed_share: Fraction  # share of a stage's requests that may fail before the run stops; 0 = none
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, v):
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {public_url(v)!r}")
+        return v
 
 
 class ChatClient:
     """Thread-safe client for ``POST {base_url}/chat/completions`` with retries and accounting."""
 
-    def __init__(self, base_url: str, api_key_env: str | None = "OPENAI_API_KEY", max_concurrency: int = 4,
-                 timeout_s: float = 60, max_retries: int = 4, backoff_s: float = 1.0,
-                 price_per_1k_prompt: float = 0.0, price_per_1k_completion: float = 0.0,
-                 requests_per_minute: float | None = None, max_retry_after_s: float = MAX_RETRY_AFTER_S,
-                 max_failed_share: float = 0.0):
-        if not str(base_url).startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {public_url(str(base_url))!r}")
-        if int(max_concurrency) < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if int(max_retries) < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        if not float(timeout_s) > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        if not float(max_retry_after_s) >= 0:
-            raise ValueError(f"max_retry_after_s must be >= 0 (seconds), got {max_retry_after_s}")
+    def __init__(self, options: ClientOptions):
+        o = options
+        base_url = o.base_url
         parts = urlsplit(str(base_url))
         # user:password in the URL: kept apart (basic auth), so no URL this client holds carries them
         self._userinfo = ((unquote(parts.username or ""), unquote(parts.password or ""))
                           if parts.username or parts.password else None)
         self.base_url = public_url(str(base_url))
-        self.max_retry_after_s = float(max_retry_after_s)
-        self.max_failed_share = _share(max_failed_share)
+        self.max_retry_after_s = float(o.max_retry_after_s)
+        self.max_failed_share = float(o.max_failed_share)
         self.answers: AnswerLog | None = None
         self.answer_logs: list[AnswerLog] = []  # every log this client served answers from (for the spend report)
-        self.api_key_env = api_key_env or None
-        self.max_concurrency = int(max_concurrency)
-        self.timeout_s = float(timeout_s)
-        self.max_retries = int(max_retries)
-        self.backoff_s = float(backoff_s)
-        self.price_per_1k_prompt = float(price_per_1k_prompt)
-        self.price_per_1k_completion = float(price_per_1k_completion)
-        self.requests_per_minute = requests_per_minute
-        self._limiter = _RateLimiter(float(requests_per_minute)) if requests_per_minute else None
+        self.api_key_env = o.api_key_env or None
+        self.max_concurrency = o.max_concurrency
+        self.timeout_s = float(o.timeout_s)
+        self.max_retries = o.max_retries
+        self.backoff_s = float(o.backoff_s)
+        self.price_per_1k_prompt = float(o.price_per_1k_prompt)
+        self.price_per_1k_completion = float(o.price_per_1k_completion)
+        self.requests_per_minute = o.requests_per_minute
+        self._limiter = _RateLimiter(float(o.requests_per_minute)) if o.requests_per_minute else None
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
         self.reset_accounting()

@@ -13,13 +13,10 @@ its requests failed, and stops when more than ``max_failed_share`` of them did (
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
-from pydantic import Field
-
-from rlaif.backends.api import ChatClient, plain, public_url
+from rlaif.backends.api import ChatClient, ClientOptions, plain, public_url
 from rlaif.generators.hf import SamplingOptions, take_sampling
-from rlaif.options import Count, Fraction, NonNegative, Positive
 from rlaif.types import Candidate, Prompt
 
 log = logging.getLogger(__name__)
@@ -36,22 +33,12 @@ def _completion(data: dict) -> tuple[str, int, bool]:
     return text.strip(), n, choice.get("finish_reason") == "stop"
 
 
-class APIGeneratorOptions(SamplingOptions):
+class APIGeneratorOptions(SamplingOptions, ClientOptions):
     """``generator=api``: every option, documented with its default in conf/generator/api.yaml
-    (``batch_size`` and ``dtype`` are read by no one here; they keep every generator validating alike)."""
+    (``batch_size`` and ``dtype`` are read by no one here; they keep every generator validating alike).
+    The server's address and retry settings are ``ClientOptions``, shared with the API judge."""
 
     CONF: ClassVar[str] = "generator/api"
-    base_url: str  # includes /v1 (ChatClient checks the scheme)
-    api_key_env: str | None  # the NAME of the env var holding the key
-    max_concurrency: Count
-    timeout_s: Positive
-    max_retries: Annotated[int, Field(ge=0)]
-    backoff_s: NonNegative
-    max_retry_after_s: NonNegative
-    max_failed_share: Fraction
-    requests_per_minute: Positive | None
-    price_per_1k_prompt: NonNegative
-    price_per_1k_completion: NonNegative
     extra_body: dict[str, Any] | None
 
 
@@ -66,9 +53,7 @@ class APIGenerator:
         if not o.model:
             raise ValueError("APIGenerator needs a model id (the server's name for the model)")
         self.extra_body = plain(o.extra_body or {})
-        self.client = ChatClient(o.base_url, o.api_key_env, o.max_concurrency, o.timeout_s, o.max_retries, o.backoff_s,
-                                 o.price_per_1k_prompt, o.price_per_1k_completion, o.requests_per_minute,
-                                 o.max_retry_after_s, o.max_failed_share)
+        self.client = ChatClient(o)
         self.failures = 0  # failed requests (= missing candidates) in the last sample() call
 
     def __repr__(self) -> str:
