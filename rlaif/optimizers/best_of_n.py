@@ -14,7 +14,8 @@ from typing import ClassVar
 
 from rlaif.io import write_json
 from rlaif.optimizers.base import TrainContext
-from rlaif.options import Count, Options, RewardReference, RewardSource
+from rlaif.optimizers.options import RewardOptions
+from rlaif.options import Count
 from rlaif.types import Candidate, Prompt
 
 
@@ -23,13 +24,11 @@ def best_of_n_kl(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
-class BestOfNOptions(Options):
+class BestOfNOptions(RewardOptions):
     """``optimizer=best_of_n`` (conf/optimizer/best_of_n.yaml)."""
 
     CONF: ClassVar[str] = "optimizer/best_of_n"
     n: Count  # samples per slot; the judge keeps its favourite
-    reward_source: RewardSource
-    reward_reference: RewardReference
 
 
 class BestOfN:

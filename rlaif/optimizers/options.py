@@ -60,11 +60,17 @@ class TrainingOptions(Options):
         return v
 
 
-class OnlineOptions(TrainingOptions):
-    """What every online optimizer adds: where its reward comes from (checked against the judge)."""
+class RewardOptions(Options):
+    """What every optimizer that calls a reward declares: where it comes from (checked against the
+    judge in config.validate)."""
 
     reward_source: RewardSource
     reward_reference: RewardReference
+
+
+class OnlineOptions(TrainingOptions, RewardOptions):
+    """What the TRL-based online optimizers add to the training options."""
+
     max_steps: Count | None
     temperature: Positive | None  # null: the generator's
     max_new_tokens: Count | None  # null: the generator's

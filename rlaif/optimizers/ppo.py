@@ -39,7 +39,7 @@ from pydantic import field_validator, model_validator
 from rlaif import progress
 from rlaif.optimizers import ppo_math as pm
 from rlaif.optimizers.base import TrainContext, lora_config, save_policy
-from rlaif.optimizers.options import take_options
+from rlaif.optimizers.options import RewardOptions, take_options
 from rlaif.optimizers.ppo_checkpoints import CHECKPOINT_PREFIX, PPOCheckpointMixin
 from rlaif.optimizers.ppo_rollout import ActorCritic, PPORolloutMixin, Rollout, _hidden_size, value_head
 from rlaif.optimizers.ppo_update import PPOUpdateMixin, _mix
@@ -49,10 +49,7 @@ from rlaif.options import (
     Lora,
     MixedPrecision,
     NonNegative,
-    Options,
     Positive,
-    RewardReference,
-    RewardSource,
     TrainDtype,
 )
 from rlaif.types import Prompt
@@ -75,12 +72,10 @@ PPO_SHOWN = (("reward", "reward"), ("kl", "kl"), ("kl_coef", "kl coef"), ("polic
              ("value_loss", "vf loss"), ("policy_clipfrac", "clip"), ("entropy", "entropy"))
 
 
-class PPOOptions(Options):
+class PPOOptions(RewardOptions):
     """``optimizer=ppo``: every option, documented with its default in conf/optimizer/ppo.yaml."""
 
     CONF: ClassVar[str] = "optimizer/ppo"
-    reward_source: RewardSource
-    reward_reference: RewardReference
     total_episodes: Count
     rollout_batch_size: Count
     ppo_epochs: Count
