@@ -205,7 +205,7 @@ def test_policy_logprob_is_that_of_the_distribution_generate_sampled_from(kl_mod
 @torch.no_grad()
 def test_eval_kl_is_ppo_train_kl_on_the_same_tokens(kl_models):
     """Without truncation eval/kl is PPO's train/kl: the sum over response tokens, EOS included, of
-    log pi - log pi_ref at the sampling temperature (rlaif/optimizers/ppo.py, _rollout and
+    log pi - log pi_ref at the sampling temperature (rlaif/optimizers/ppo_rollout.py and ppo.py, _rollout and
     _iteration), computed here with PPO's tensors and functions."""
     pol, ref, tok = kl_models
     T = 0.8
