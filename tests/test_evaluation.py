@@ -11,6 +11,7 @@ import torch
 
 from rlaif.evaluation import KLModels, Scorers, evaluate
 from rlaif.generators import HFGenerator
+from rlaif.generators.hf import SampleTag
 from rlaif.judges.rule import CallableJudge
 from rlaif.optimizers import ppo_math as pm
 from rlaif.scoring import chat_prefix_ids, left_pad
@@ -168,7 +169,7 @@ def test_kl_estimate_converges_to_the_exact_kl(kl_models, temperature, top_p, to
     gen = HFGenerator("tiny", max_new_tokens=2, temperature=temperature, top_p=top_p, top_k=top_k, batch_size=400,
                       dtype="float32")
     policy = gen.generate(pol, tok, prompts, 400, seed=3)
-    reference = gen.generate(ref, tok, prompts, 1, seed=4, source="reference")
+    reference = gen.generate(ref, tok, prompts, 1, seed=4, tag=SampleTag(source="reference"))
     assert 0.02 < statistics.fmean(c.finished for c in policy) < 0.98  # EOS is sampled, and also not
     samples, m = evaluate(prompts, policy, reference, Scorers(CallableJudge(function=number)), KLModels(pol, ref, tok, 256))
     ratios = [s.logp_policy - s.logp_reference for s in samples if s.source == "policy"]

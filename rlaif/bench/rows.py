@@ -96,14 +96,14 @@ def bench_judges(pool, model_name: str, dtype: str, sizes, repeats: int, peak: f
 
 
 def bench_generate(pool, model_name: str, dtype: str, sizes, repeats: int, peak: float | None) -> list[dict]:
-    from rlaif.generators.hf import HFGenerator
+    from rlaif.generators.hf import HFGenerator, SampleTag
     from rlaif.scoring import chat_prefix_ids
 
     gen = HFGenerator(model_name, num_candidates=sizes["gen_k"], max_new_tokens=sizes["max_new_tokens"], dtype=dtype)
     tok, model = pool.tokenizer(model_name), pool.model(model_name, dtype)
     ps = prompts(sizes["gen_prompts"], offset=20)
     res = alternate({"plain": lambda: plain_generate(model, tok, ps, gen.num_candidates, gen),
-                     "rlaif": lambda: gen.generate(model, tok, ps, desc="bench generate")}, repeats)
+                     "rlaif": lambda: gen.generate(model, tok, ps, tag=SampleTag(desc="bench generate"))}, repeats)
     cands = res["rlaif"][1]
     new = sum(len(c.token_ids) for c in cands)
     prompt_tokens = sum(len(chat_prefix_ids(tok, p.messages)) for p in ps) * gen.num_candidates

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, NamedTuple
 
 import torch
 from pydantic import Field
@@ -54,6 +54,18 @@ class SamplingOptions(Options):
     dtype: Dtype
 
 
+class SampleTag(NamedTuple):
+    """What sampled candidates record and their progress bar shows: the model's identity
+    (``Candidate.model``), the source label (``Candidate.source``) and the bar's text."""
+
+    model_id: str = ""
+    source: str = "policy"
+    desc: str = "generate"
+
+
+POLICY_SAMPLES = SampleTag()
+
+
 def take_sampling(gen, model: type[SamplingOptions], name: str | None, given: dict) -> SamplingOptions:
     """Build a generator's options (``name``: the model, which may come positionally) and set the
     sampling settings every generator has on ``gen``; returns the options."""
@@ -87,7 +99,7 @@ class HFGenerator:
                desc: str = "generate", journal=None) -> list[Candidate]:
         """Sample from the configured model, loaded (once, shared) through the pool."""
         return self.generate(pool.model(self.model_name, self.dtype), pool.tokenizer(self.model_name), prompts, k,
-                             seed, self.identity(pool), source, desc, journal=journal)
+                             seed, SampleTag(self.identity(pool), source, desc), journal=journal)
 
     def sampling_params(self) -> dict:
         """What the samples depend on (cache keys). ``model_defaults: ignored``: samples do not read
@@ -110,8 +122,10 @@ class HFGenerator:
 
     @torch.no_grad()
     def generate(self, model, tokenizer, prompts: list[Prompt], k: int | None = None, seed: int = 0,
-                 model_id: str = "", source: str = "policy", desc: str = "generate", journal=None) -> list[Candidate]:
-        """k samples per prompt, in prompt order. ``journal``: skip the batches it holds, record the others."""
+                 tag: SampleTag = POLICY_SAMPLES, journal=None) -> list[Candidate]:
+        """k samples per prompt, in prompt order, labelled by ``tag``. ``journal``: skip the batches it
+        holds, record the others."""
+        model_id, source, desc = tag
         k = k or self.num_candidates
         jobs = [(p, i) for p in prompts for i in range(k)]
         eos_ids = {tokenizer.eos_token_id}

@@ -96,7 +96,7 @@ class ConstitutionalSFT:
     def sampler(self, model, tok, ctx: TrainContext):
         """``sample(chats, ids, max_new_tokens, stage) -> texts``: the policy's seeded samples, one per chat;
         sampled tokens are added to ``ctx.counters["generated_tokens"]``."""
-        from rlaif.generators.hf import HFGenerator
+        from rlaif.generators.hf import HFGenerator, SampleTag
 
         temperature = self.temperature if self.temperature is not None else ctx.temperature
 
@@ -104,7 +104,8 @@ class ConstitutionalSFT:
             gen = HFGenerator(model="policy", num_candidates=1, max_new_tokens=max_new, temperature=temperature,
                               top_p=ctx.top_p, batch_size=self.generation_batch_size)
             ps = [Prompt(id=i, text=c[-1]["content"], messages=c, split="train") for c, i in zip(chats, ids, strict=True)]
-            cands = gen.generate(model, tok, ps, k=1, seed=ctx.seed * 1000 + stage, desc=f"cai stage {stage}")
+            cands = gen.generate(model, tok, ps, k=1, seed=ctx.seed * 1000 + stage,
+                                 tag=SampleTag(desc=f"cai stage {stage}"))
             ctx.counters["generated_tokens"] = ctx.counters.get("generated_tokens", 0) + sum(c.num_tokens for c in cands)
             return [c.text for c in cands]
 

@@ -14,6 +14,7 @@ from rlaif.answers import answers_journaled
 from rlaif.criteria import Criterion
 from rlaif.evaluation import KL_ESTIMATOR, KLModels, Scorers, evaluate
 from rlaif.generators import HFGenerator
+from rlaif.generators.hf import SampleTag
 from rlaif.stages.base import Stage
 from rlaif.stages.judge import JUDGE
 from rlaif.stages.reward_model import POLICY
@@ -43,8 +44,8 @@ class EvaluateReference(Stage):
         gen = _sampler(v.cfg.evaluation, name)
         return {"eval_reference": gen.generate(
             v.pool.model(name, gen.dtype), v.pool.tokenizer(name), v.record("eval_prompts"),
-            int(v.cfg.evaluation.samples_per_prompt), int(v.cfg.seed) + 1, v.model("policy"), "reference",
-            "evaluate: reference", journal=work.journal("eval_reference"))}
+            int(v.cfg.evaluation.samples_per_prompt), int(v.cfg.seed) + 1,
+            SampleTag(v.model("policy"), "reference", "evaluate: reference"), journal=work.journal("eval_reference"))}
 
 
 class Evaluate(Stage):
@@ -84,19 +85,21 @@ class Evaluate(Stage):
         extra: dict[str, Any] = {}
         if self.optimizer.name == "best_of_n":  # n fresh reference samples per slot, the judge keeps its favourite
             n = self.optimizer.n
-            pools = gen.generate(pool.model(name, gen.dtype), tok, prompts, k * n, seed + 7919, policy_id,
-                                 "best_of_n", f"evaluate: best-of-{n}", journal=work.journal("best_of_n"))
+            pools = gen.generate(pool.model(name, gen.dtype), tok, prompts, k * n, seed + 7919,
+                                 SampleTag(policy_id, "best_of_n", f"evaluate: best-of-{n}"),
+                                 journal=work.journal("best_of_n"))
             if getattr(self.reward, "references", None):  # a comparative judge: compare with a fresh reference sample
-                refs = gen.generate(pool.model(name, gen.dtype), tok, prompts, 1, seed + 104729, policy_id,
-                                    "reference", "evaluate: baseline", journal=work.journal("baseline"))
+                refs = gen.generate(pool.model(name, gen.dtype), tok, prompts, 1, seed + 104729,
+                                    SampleTag(policy_id, "reference", "evaluate: baseline"),
+                                    journal=work.journal("baseline"))
                 self.reward.references.update({c.prompt_id: c.text for c in refs})
             pol, extra = self.optimizer.select(prompts, pools, self.reward, k)
             pol_model, kl = None, best_of_n_kl(n)
         else:
             trained = v.model("trained")
             pool.add("trained-policy", str(v.path("trained")), trained)
-            pol = gen.generate(pool.model("trained-policy", gen.dtype), tok, prompts, k, seed, trained, "policy",
-                               "evaluate: policy", journal=work.journal("policy"))
+            pol = gen.generate(pool.model("trained-policy", gen.dtype), tok, prompts, k, seed,
+                               SampleTag(trained, "policy", "evaluate: policy"), journal=work.journal("policy"))
             pol_model, kl = pool.model("trained-policy", ev.kl_dtype), None
         samples, m = evaluate(prompts, pol, v.record("eval_reference"),
                               Scorers(v.component("judge"), v.component("gold"), heldout),
