@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlaif import distributed, precision
 from rlaif.config import ConfigError, validate
-from rlaif.data import load_prompts_with_stats, prompt_token_limit, truncate_prompts
+from rlaif.data import PromptFileSpec, load_prompts_with_stats, prompt_token_limit, truncate_prompts
 from rlaif.io import atomic_write_text, write_json, write_records
 from rlaif.journal import Progress
 from rlaif.manifest import build_manifest, scrub_hydra_dir
@@ -84,8 +84,8 @@ def prepare(cfg: DictConfig, output_dir) -> tuple[DictConfig, dict]:
 
 def load_data(cfg: DictConfig) -> tuple[list[Prompt], dict]:
     d = cfg.data
-    prompts, stats = load_prompts_with_stats(d.path, d.template, d.system, d.num_train, d.num_eval, d.split_seed,
-                                             d.text_field, d.duplicates, d.max_line_bytes)
+    spec = {k: d[k] for k in PromptFileSpec.__dataclass_fields__ if k != "path"}
+    prompts, stats = load_prompts_with_stats(d.path, **spec)
     prompts, stats["data/truncated_prompts"] = _fit_prompts(cfg, prompts)
     return prompts, stats
 

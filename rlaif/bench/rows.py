@@ -26,7 +26,7 @@ from rlaif.bench.baselines import (
     plain_generate,
     trl_dpo,
 )
-from rlaif.bench.timing import _timed, alternate, matmul_gflops, row
+from rlaif.bench.timing import Done, _timed, alternate, matmul_gflops, row
 from rlaif.bench.workload import dpo_pairs, n_params, prompts, response
 
 
@@ -37,10 +37,10 @@ def bench_matmul(sizes, dtype_name: str) -> tuple[float, list[dict]]:
     n = sizes["matmul_n"] * (4 if torch.cuda.is_available() else 1)
     chosen = matmul_gflops(DTYPES[dtype_name], n)
     rows = [row(f"matmul {dtype_name}", f"{n}x{n} matmul, the peak used below", 2 * n**3 / chosen / 1e9,
-                unit="GFLOP", amount=2 * n**3 / 1e9)]
+                done=Done("GFLOP", 2 * n**3 / 1e9))]
     if dtype_name != "float32":
         f32 = matmul_gflops(torch.float32, n)
-        rows.append(row("matmul float32", f"{n}x{n} matmul", 2 * n**3 / f32 / 1e9, unit="GFLOP", amount=2 * n**3 / 1e9))
+        rows.append(row("matmul float32", f"{n}x{n} matmul", 2 * n**3 / f32 / 1e9, done=Done("GFLOP", 2 * n**3 / 1e9)))
     return chosen * 1e9, rows
 
 
@@ -69,10 +69,11 @@ def bench_judges(pool, model_name: str, dtype: str, sizes, repeats: int, peak: f
         "rlaif": lambda: judge.score(flat_p, flat_r),
     }, repeats)
     t, flops = res["rlaif"][0], 2 * P * tokens
+    done = Done("tok", tokens, flops, peak)
     rows.append(row("judge contrastive vs bare forward", f"{len(seqs)} sequences, {tokens} tokens", t, res["bare"][0],
-                    "tok", tokens, flops, peak))
+                    done))
     rows.append(row("judge contrastive vs naive", "one unbatched forward per (instruction, response)", t,
-                    res["naive"][0], "tok", tokens, flops, peak, note="no shared-prefix KV reuse yet"))
+                    res["naive"][0], done, note="no shared-prefix KV reuse yet"))
 
     pj = PairwiseJudge(crit, pool, model_name, dtype)
     a, b = flat_r[0::2], flat_r[1::2]
@@ -88,10 +89,11 @@ def bench_judges(pool, model_name: str, dtype: str, sizes, repeats: int, peak: f
         "rlaif": lambda: pj.compare(pp, a, b),
     }, repeats)
     t, flops = res["rlaif"][0], 2 * P * ptokens
+    done = Done("tok", ptokens, flops, peak)
     rows.append(row("judge pairwise vs bare forward", f"{len(pseqs)} comparisons (both orders), {ptokens} tokens", t,
-                    res["bare"][0], "tok", ptokens, flops, peak))
-    rows.append(row("judge pairwise vs naive", "one unbatched forward per order", t, res["naive"][0], "tok", ptokens,
-                    flops, peak, note="no shared-prefix KV reuse yet"))
+                    res["bare"][0], done))
+    rows.append(row("judge pairwise vs naive", "one unbatched forward per order", t, res["naive"][0], done,
+                    note="no shared-prefix KV reuse yet"))
     return rows
 
 
@@ -110,13 +112,14 @@ def bench_generate(pool, model_name: str, dtype: str, sizes, repeats: int, peak:
     flops = 2 * n_params(model) * (prompt_tokens + new)
     n = len(cands)
     rows = [row("generate vs model.generate", f"{n} samples, <= {gen.max_new_tokens} new tokens, batch {gen.batch_size}",
-                res["rlaif"][0], res["plain"][0], "sample", n, flops, peak,
+                res["rlaif"][0], res["plain"][0], Done("sample", n, flops, peak),
                 note=f"{new} / {res['plain'][1]} tokens generated (rlaif / plain)")]
     if importlib.util.find_spec("vllm") is not None:  # an optional extra: looked up, not imported
         note = "vLLM is installed; its comparison is not implemented in this benchmark"
     else:
         note = "vLLM not installed"
-    rows.append(row("generate vs vLLM", "the same sampling with vLLM", res["rlaif"][0], None, "sample", n, note=note))
+    rows.append(row("generate vs vLLM", "the same sampling with vLLM", res["rlaif"][0], None, Done("sample", n),
+                    note=note))
     return rows
 
 
@@ -145,7 +148,7 @@ def bench_dpo(pool, model_name: str, P: int, sizes, repeats: int, peak32: float 
     flops = (6 * P * tokens * opt.epochs + 2 * P * tokens) / steps  # per step; the reference pass spread over steps
     use_peak = peak if opt.mixed_precision != "no" else peak32
     return [row("dpo step vs TRL", f"{len(pairs)} pairs, batch {opt.batch_size}, {steps} steps (train_runtime / steps)",
-                best["rlaif"] / steps, best["trl"] / steps, "step", 1, flops, use_peak,
+                best["rlaif"] / steps, best["trl"] / steps, Done("step", 1, flops, use_peak),
                 note=f"whole call incl. load/save: rlaif {res['rlaif'][0]:.1f}s, TRL {res['trl'][0]:.1f}s")]
 
 
@@ -199,14 +202,14 @@ def bench_ppo(pool, model_name: str, dtype: str, P: int, sizes, peak32: float | 
     times["rollout"] -= times["sample"]  # the rest of the rollout: log-probs, reference, values
     total = sum(times.values()) / iters
     what = f"rollout batch {B}, <= {sizes['max_new_tokens']} new tokens, {opt.ppo_epochs} epochs, per iteration"
-    return [row("ppo iteration", what, total, unit="it", amount=1),
-            row("ppo sampling", "policy.generate", times["sample"] / iters, flops=2 * P * tokens["sample"] / iters,
-                peak=peak32),
+    return [row("ppo iteration", what, total, done=Done("it", 1)),
+            row("ppo sampling", "policy.generate", times["sample"] / iters,
+                done=Done(flops=2 * P * tokens["sample"] / iters, peak=peak32)),
             row("ppo rollout forwards", "log-probs, reference and values", times["rollout"] / iters,
-                flops=2 * P * 2 * tokens["sample"] / iters, peak=peak32),
+                done=Done(flops=2 * P * 2 * tokens["sample"] / iters, peak=peak32)),
             row("ppo scoring", "the contrastive judge", times["score"] / iters),
             row("ppo update", "clipped surrogate + value loss, backward, Adam", times["update"] / iters,
-                flops=6 * P * tokens["update"] / iters, peak=peak32)]
+                done=Done(flops=6 * P * tokens["update"] / iters, peak=peak32))]
 
 
 # ---------------------------------------------------------------------------------------- quickstart
@@ -228,7 +231,7 @@ def bench_quickstart(overrides: list[str], tok, P: int, peak: float | None) -> l
     floor = flops / peak if peak and flops else None
     rows.append(row("quickstart total", f"peak RSS {rss_gb:.2f} GB; compute floor "
                     + (f"{floor:.1f}s ({flops / 1e12:.2f} TFLOP, estimate)" if floor else "n/a"),
-                    total, flops=flops, peak=peak, note=f"{total / floor:.1f}x its floor" if floor else ""))
+                    total, done=Done(flops=flops, peak=peak), note=f"{total / floor:.1f}x its floor" if floor else ""))
     return rows
 
 

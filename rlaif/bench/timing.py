@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import NamedTuple
 
 import torch
 
@@ -33,15 +34,28 @@ def alternate(fns: dict, repeats: int) -> dict:
     return {k: (best[k], results[k]) for k in fns}
 
 
-def row(name, what, rlaif_s, baseline_s=None, unit=None, amount=None, flops=None, peak=None, note="") -> dict:
-    """One table row. ``amount`` of ``unit`` (tokens, samples, steps) done per run gives the rates;
-    ``flops`` per rlaif run over ``peak`` FLOP/s gives the achieved fraction of the machine's peak."""
-    r = {"name": name, "what": what, "rlaif_s": rlaif_s, "baseline_s": baseline_s, "unit": unit,
-         "rlaif_rate": amount / rlaif_s if amount else None,
-         "baseline_rate": amount / baseline_s if amount and baseline_s else None,
-         "ratio": baseline_s / rlaif_s if baseline_s else None,
-         "peak_fraction": flops / rlaif_s / peak if flops and peak else None, "note": note}
-    return r
+class Done(NamedTuple):
+    """What one run of a row did: ``amount`` of ``unit`` (tokens, samples, steps) gives the rates;
+    ``flops`` over ``peak`` FLOP/s gives the achieved fraction of the machine's peak."""
+
+    unit: str | None = None
+    amount: float | None = None
+    flops: float | None = None
+    peak: float | None = None
+
+
+NOTHING_COUNTED = Done()  # a row with a time only
+
+
+def row(name: str, what: str, rlaif_s: float, baseline_s: float | None = None, done: Done = NOTHING_COUNTED,
+        note: str = "") -> dict:
+    """One table row: rlaif's time beside the baseline's, with rates and peak fraction from ``done``."""
+    unit, amount, flops, peak = done
+    return {"name": name, "what": what, "rlaif_s": rlaif_s, "baseline_s": baseline_s, "unit": unit,
+            "rlaif_rate": amount / rlaif_s if amount else None,
+            "baseline_rate": amount / baseline_s if amount and baseline_s else None,
+            "ratio": baseline_s / rlaif_s if baseline_s else None,
+            "peak_fraction": flops / rlaif_s / peak if flops and peak else None, "note": note}
 
 
 def matmul_gflops(dtype, n: int, reps: int = 3) -> float:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from array import array
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from rlaif.data.files import DUPLICATES, MAX_LINE_BYTES, PromptFile, PromptFileError
@@ -29,7 +30,7 @@ from rlaif.types import Prompt
 BUILTIN_DIR = Path(__file__).parent
 
 __all__ = ["BUILTIN_DIR", "DUPLICATES", "MAX_LINE_BYTES", "TRUNCATION", "PromptFile", "PromptFileError",
-           "context_length", "load_prompts", "load_prompts_with_stats", "open_prompt_file", "prompt_token_limit",
+           "PromptFileSpec", "context_length", "load_prompts", "load_prompts_with_stats", "open_prompt_file", "prompt_token_limit",
            "read_prompt_file", "require_columns", "resolve_path", "truncate_prompts"]
 
 
@@ -51,18 +52,32 @@ def read_prompt_file(path: str, text_field: str = "text", duplicates: str = "dro
     return f.read(range(len(f)))
 
 
-def load_prompts_with_stats(path: str, template: str = "{text}", system: str | None = None,
-                            num_train: int | None = None, num_eval: int = 0, split_seed: int = 0,
-                            text_field: str = "text", duplicates: str = "drop",
-                            max_line_bytes: int = MAX_LINE_BYTES) -> tuple[list[Prompt], dict[str, int]]:
-    """Load, shuffle with ``split_seed`` and split into eval then train prompts.
+@dataclass(frozen=True)
+class PromptFileSpec:
+    """How to read and split a prompt file: the ``data.*`` keys of the same names."""
+
+    path: str
+    template: str = "{text}"
+    system: str | None = None
+    num_train: int | None = None  # None: every prompt not held out
+    num_eval: int = 0
+    split_seed: int = 0
+    text_field: str = "text"
+    duplicates: str = "drop"
+    max_line_bytes: int = MAX_LINE_BYTES
+
+
+def load_prompts_with_stats(path: str, **spec) -> tuple[list[Prompt], dict[str, int]]:
+    """Load, shuffle with ``split_seed`` and split into eval then train prompts (``spec``: the
+    other fields of ``PromptFileSpec``).
 
     Only the ``num_eval + num_train`` prompts drawn are read into memory. Returns the prompts and
     ``{"data/prompts_in_file", "data/duplicates_dropped"}``.
     """
-    f = open_prompt_file(path, text_field, duplicates, max_line_bytes)
+    s = PromptFileSpec(str(path), **spec)
+    f = open_prompt_file(s.path, s.text_field, s.duplicates, s.max_line_bytes)
     n = len(f)
-    need = (num_train or 0) + num_eval
+    need = (s.num_train or 0) + s.num_eval
     if need > n:
         dropped = f" after dropping {f.duplicates_dropped} duplicate texts" if f.duplicates_dropped else ""
         raise PromptFileError(
@@ -70,25 +85,22 @@ def load_prompts_with_stats(path: str, template: str = "{text}", system: str | N
         )
     # The same shuffle as over a list of every index (an array holds it in 8 bytes per prompt).
     order = array("q", range(n))
-    random.Random(split_seed).shuffle(order)
-    eval_idx = sorted(order[:num_eval])
-    train_idx = sorted(order[num_eval:] if num_train is None else order[num_eval : num_eval + num_train])
+    random.Random(s.split_seed).shuffle(order)
+    eval_idx = sorted(order[: s.num_eval])
+    train_idx = sorted(order[s.num_eval :] if s.num_train is None else order[s.num_eval : s.num_eval + s.num_train])
     items = f.read(eval_idx + train_idx)
     prompts = []
     for k, (pid, text, where) in enumerate(items):
-        content = template.format(text=text)  # the template is formatted; the text is inserted as data
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+        content = s.template.format(text=text)  # the template is formatted; the text is inserted as data
+        msgs = ([{"role": "system", "content": s.system}] if s.system else []) + [{"role": "user", "content": content}]
         prompts.append(Prompt(pid, text, msgs, "eval" if k < len(eval_idx) else "train", where))
     stats = {"data/prompts_in_file": f.rows_in_file, "data/duplicates_dropped": f.duplicates_dropped}
     return prompts, stats
 
 
-def load_prompts(path: str, template: str = "{text}", system: str | None = None, num_train: int | None = None,
-                 num_eval: int = 0, split_seed: int = 0, text_field: str = "text", duplicates: str = "drop",
-                 max_line_bytes: int = MAX_LINE_BYTES) -> list[Prompt]:
+def load_prompts(path: str, **spec) -> list[Prompt]:
     """``load_prompts_with_stats`` without the counts."""
-    return load_prompts_with_stats(path, template, system, num_train, num_eval, split_seed, text_field, duplicates,
-                                   max_line_bytes)[0]
+    return load_prompts_with_stats(path, **spec)[0]
 
 
 def require_columns(available: Iterable[str], needed: Mapping[str, str], source: str, setting: str) -> None:
