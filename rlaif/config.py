@@ -147,12 +147,12 @@ REWARD_OPTIMIZERS = ("ppo", "grpo", "rloo", "online_dpo", "best_of_n")  # call t
 
 
 def component_problems(cfg: DictConfig) -> list[str]:
-    """Each component's options (generator, judge, optimizer, reward model) checked against the
+    """Each component's options (generator, judge, optimizer, reward model, tracker) checked against the
     ``Options`` model its class declares (rlaif/options.py): types, ranges, choices, unknown keys."""
     from hydra.utils import get_class
 
     problems = []
-    for group in ("generator", "judge", "optimizer", "reward_model"):
+    for group in ("generator", "judge", "optimizer", "reward_model", "tracker"):
         node = OmegaConf.select(cfg, group)
         target = node.get("_target_") if isinstance(node, DictConfig) else None
         if not target:
@@ -200,13 +200,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(c.errors))
     c.need("seed", "int", low=0)
     _check_secrets(c)
-    c.errors += component_problems(cfg)  # generator, judge, optimizer, reward model: each class's Options
+    c.errors += component_problems(cfg)  # generator, judge, optimizer, reward model, tracker: their Options
     c.errors += section_problems(cfg)  # policy, preferences, data, evaluation, diagnostics, cache
     _check_judge(c)
     _check_optimizer(c)
     _check_budget(c)
-    if c.get("tracker.mode") is not None:
-        c.need("tracker.mode", "str", choices=("auto", "online", "offline", "disabled"))
     _check_gate(c)
     if c.errors:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(c.errors))

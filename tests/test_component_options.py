@@ -1,8 +1,8 @@
-"""Components' options (judges, generators, optimizers, the reward model): declared once (an
+"""Components' options (judges, generators, optimizers, the reward model, trackers): declared once (an
 ``Options`` model: types and ranges, no defaults), with their defaults in their YAML under conf/
 (rlaif/options.py).
 
-Every YAML in conf/judge/, conf/generator/, conf/optimizer/ and conf/reward_model/ is checked against the class its ``_target_`` names:
+Every YAML in conf/judge/, conf/generator/, conf/optimizer/, conf/reward_model/ and conf/tracker/ is checked against the class its ``_target_`` names:
 the model has exactly the YAML's keys, all required; building it with nothing given gives the
 values Hydra composes from that YAML; a bad value and a misspelt key are refused naming the key.
 Nothing here loads a model: options are checked before anything is built.
@@ -23,7 +23,7 @@ from rlaif.generators.hf import HFGenerator
 from rlaif.judges import PanelJudge, PointwiseJudge, VaderJudge
 from rlaif.options import META, Options, OptionsError
 
-COMPONENTS = [(group, path.stem) for group in ("judge", "generator", "optimizer", "reward_model")
+COMPONENTS = [(group, path.stem) for group in ("judge", "generator", "optimizer", "reward_model", "tracker")
               for path in sorted((conf_dir() / group).glob("*.yaml"))]
 IDS = [f"{group}={option}" for group, option in COMPONENTS]
 
@@ -50,6 +50,7 @@ BAD = {
     "optimizer/best_of_n": ("n", 0, "must be >= 1"),
     "optimizer/self_rewarding": ("num_candidates", 1, "must be >= 2"),
     "reward_model/default": ("eval_fraction", 1.0, "must be < 1"),
+    "tracker/wandb": ("mode", "sometimes", "is not one of 'auto', 'online', 'offline' or 'disabled'"),
 }
 
 

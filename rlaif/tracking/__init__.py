@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 # What counts as a secret (key names, URL credentials, key formats, secret environment values)
 # is decided in rlaif/manifest.py, so the run folder, W&B and the manifest redact alike.
 from rlaif.manifest import redact, redacted_argv  # noqa: F401 - `redact` is re-exported
+from rlaif.options import Options
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,21 @@ def _own_wandb_service() -> None:
         del os.environ["WANDB_SERVICE"]
 
 
+class NullOptions(Options):
+    """``tracker=none`` has no options (conf/tracker/none.yaml)."""
+
+    CONF: ClassVar[str] = "tracker/none"
+
+
 class NullTracker:
     """``tracker=none``: keeps nothing beyond the run folder."""
 
     location = None
     run_id: str | None = None
+    Options: ClassVar[type[Options]] = NullOptions
 
-    def __init__(self, **_unused):
-        pass
+    def __init__(self, **options):
+        self.options = NullOptions.build(options, "tracker")
 
     def start(self, run_dir: str | Path, config: dict, name: str | None = None, run_id: str | None = None,
               resume: bool = False) -> None:
@@ -72,11 +80,25 @@ class NullTracker:
         pass
 
 
+class WandbOptions(Options):
+    """``tracker=wandb``: every option, documented with its default in conf/tracker/wandb.yaml."""
+
+    CONF: ClassVar[str] = "tracker/wandb"
+    project: str
+    entity: str | None
+    mode: Literal["auto", "online", "offline", "disabled"]
+    group: str | None  # null: one per sweep (set by the run)
+    job_type: str | None  # null: the optimizer's name in a sweep
+    tags: list[str]
+
+
 class WandbTracker(NullTracker):
-    def __init__(self, project: str = "rlaif", entity: str | None = None, mode: str = "auto",
-                 group: str | None = None, job_type: str | None = None, tags: list[str] | None = None, **_unused):
-        self.project, self.entity, self.mode = project, entity, mode
-        self.group, self.job_type, self.tags = group, job_type, list(tags or [])
+    Options = WandbOptions
+
+    def __init__(self, **options):
+        self.options = o = WandbOptions.build(options, "tracker")
+        self.project, self.entity, self.mode = o.project, o.entity, o.mode
+        self.group, self.job_type, self.tags = o.group, o.job_type, list(o.tags)
         self.run = None
         self.location: str | None = None
 
