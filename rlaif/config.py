@@ -142,8 +142,6 @@ class _Checker:
             self.errors.append(f"{key}: {v} must be <= {high}")
 
 
-OPTIMIZERS = ("dpo", "ppo", "grpo", "rloo", "online_dpo", "best_of_n", "self_rewarding", "cai_sft")
-REWARD_OPTIMIZERS = ("ppo", "grpo", "rloo", "online_dpo", "best_of_n")  # call the judge on their own samples
 
 
 def component_problems(cfg: DictConfig) -> list[str]:
@@ -166,6 +164,16 @@ def component_problems(cfg: DictConfig) -> list[str]:
         if options is not None:
             problems += options.problems(OmegaConf.to_container(node, resolve=True), group)
     return problems
+
+
+def _needs_reward(optimizer_cfg) -> bool:
+    """Whether the configured optimizer calls a reward on its own samples (its class's ``needs_reward``)."""
+    from hydra.utils import get_class
+
+    try:
+        return bool(getattr(get_class(optimizer_cfg.get("_target_")), "needs_reward", False))
+    except Exception:  # noqa: BLE001 - an unimportable optimizer is reported by component_problems
+        return False
 
 
 def _judge_compares_pairs(judge_cfg) -> bool:
@@ -240,7 +248,7 @@ def _check_optimizer(c: _Checker) -> None:
     """What the optimizer needs of the rest: a pointwise prompt (self-rewarding), a pointwise reward."""
     from rlaif.criteria import Criterion
 
-    c.need("optimizer.name", "str", choices=OPTIMIZERS)
+    c.need("optimizer.name", "str", choices=tuple(group_options("optimizer")))  # each conf/optimizer file's name
     oname = c.get("optimizer.name")
     if oname == "self_rewarding" and isinstance(c.get("criteria.name"), str):
         missing = Criterion.from_config(c.cfg.criteria).missing_for("pointwise")
@@ -248,7 +256,7 @@ def _check_optimizer(c: _Checker) -> None:
             c.errors.append(f"optimizer=self_rewarding: the policy rates its own samples with the criterion's "
                             f"pointwise prompt, but criteria '{c.get('criteria.name')}' has no "
                             + ", ".join(f"criteria.{m}" for m in missing) + "; add it or pick another criteria")
-    if oname in REWARD_OPTIMIZERS and c.get("optimizer.reward_source") == "judge" \
+    if _needs_reward(c.cfg.optimizer) and c.get("optimizer.reward_source") == "judge" \
             and c.get("optimizer.reward_reference") is None and _judge_compares_pairs(c.cfg.judge):
         c.errors.append(
             f"optimizer={oname} needs a pointwise reward, but judge={c.get('judge.kind')} only compares pairs. "
