@@ -353,6 +353,11 @@ class ModelPool:
         self._tokenizers: dict[str, object] = {}
         # Frozen models (generator, judge, evaluation) go to the first GPU when there is one.
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # vLLM engines by (model folder, dtype), and their settings (the run's vllm section); see
+        # rlaif/backends/vllm.py. ``engine`` is what a component's ``engine: auto`` means here.
+        self.engines: dict[tuple[str, str], object] = {}
+        self.vllm: dict = {}
+        self.engine = "transformers"
 
     def resolve(self, name: str) -> ResolvedModel:
         if name not in self._resolved:

@@ -32,6 +32,7 @@ Count = Annotated[int, Field(ge=1)]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 TrainDtype = Literal["auto", "float32", "bfloat16"]
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+Engine = Literal["auto", "transformers", "vllm"]  # what runs a local model; auto: the run's (rlaif.backends)
 
 
 class OptionsError(ValueError):

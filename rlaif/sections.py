@@ -9,9 +9,10 @@ from typing import Annotated, Any, Literal
 from omegaconf import DictConfig, OmegaConf
 from pydantic import Field, field_validator
 
+from rlaif.backends.vllm import VLLMOptions
 from rlaif.data.files import DUPLICATES
 from rlaif.data.truncation import TRUNCATION
-from rlaif.options import Count, Dtype, NonNegative, Options, Positive
+from rlaif.options import Count, Dtype, Engine, NonNegative, Options, Positive
 from rlaif.preferences import MODES
 
 TopP = Annotated[float, Field(gt=0, le=1)]
@@ -62,6 +63,7 @@ class EvaluationOptions(Options):
     max_new_tokens: Count
     batch_size: Count
     dtype: Dtype
+    engine: Engine
     kl_dtype: Literal["auto", "float32", "bfloat16"]
     kl_batch_size: Count
     table_rows: Annotated[int, Field(ge=0)]
@@ -83,7 +85,7 @@ class CacheOptions(Options):
 
 SECTIONS: dict[str, type[Options]] = {"policy": PolicyOptions, "preferences": PreferencesOptions, "data": DataOptions,
                                       "evaluation": EvaluationOptions, "diagnostics": DiagnosticsOptions,
-                                      "cache": CacheOptions}
+                                      "cache": CacheOptions, "vllm": VLLMOptions}
 
 
 def section_problems(cfg: DictConfig) -> list[str]:

@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rlaif import distributed, precision
+from rlaif.backends.vllm import check_engines, close_all, resolve_engines
 from rlaif.config import ConfigError, validate
 from rlaif.data import PromptFileSpec, load_prompts_with_stats, prompt_token_limit, truncate_prompts
 from rlaif.io import atomic_write_text, write_json, write_records
@@ -71,6 +72,9 @@ def prepare(cfg: DictConfig, output_dir) -> tuple[DictConfig, dict]:
     validate(cfg)
     cfg = copy.deepcopy(cfg)  # the caller's config keeps its "auto"s
     auto_dtypes = precision.resolve_config(cfg)  # every dtype: auto becomes this machine's choice, before any key
+    on_vllm = resolve_engines(cfg)  # every engine: auto becomes the run's (vllm where generator=vllm)
+    if errors := check_engines(cfg, on_vllm):
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
     check_reliability_keys(cfg)
     if errors := distributed.check(cfg):
         raise ConfigError("Invalid config for a multi-process launch:\n  - " + "\n  - ".join(errors))
@@ -199,6 +203,9 @@ class Session:
                 with contextlib.suppress(Exception):
                     self.ctx.tracker.finish(exit_code=1)
             raise
+        finally:
+            if self.ctx is not None and self.ctx.pool.engines:  # vLLM engines go together (they share state)
+                close_all(self.ctx.pool)
 
     def _open(self) -> RunContext:
         out = self.out

@@ -4,6 +4,7 @@ No assertion on speed: a benchmark reports what it measured."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -13,7 +14,7 @@ from rlaif import bench
 
 BASELINED = ("judge contrastive vs bare forward", "judge contrastive vs naive", "judge pairwise vs bare forward",
              "judge pairwise vs naive", "generate vs model.generate", "dpo step vs TRL")
-UNPAIRED = ("generate vs vLLM", "ppo iteration", "ppo sampling", "ppo rollout forwards", "ppo scoring", "ppo update")
+UNPAIRED = ("ppo iteration", "ppo sampling", "ppo rollout forwards", "ppo scoring", "ppo update")
 
 
 def test_bench_small_writes_every_row(tiny_model, tmp_path, capsys):
@@ -36,7 +37,8 @@ def test_bench_small_writes_every_row(tiny_model, tmp_path, capsys):
         r = rows[name]
         assert r["baseline_s"] > 0 and math.isfinite(r["ratio"]) and r["ratio"] > 0, r
         assert r["ratio"] == pytest.approx(r["baseline_s"] / r["rlaif_s"])
-    assert rows["generate vs vLLM"]["baseline_s"] is None and "vLLM" in rows["generate vs vLLM"]["note"]
+    if importlib.util.find_spec("vllm") is None:  # with vLLM, tests/test_vllm.py runs its rows
+        assert "vLLM not installed" in rows["vLLM"]["note"]
     fractions = [r["peak_fraction"] for r in data["rows"] if r["peak_fraction"] is not None]
     assert len(fractions) >= 7  # judges, generation, DPO, three PPO phases
     # A stage cannot beat the measured peak by much (a small matmul under-measures it a little).

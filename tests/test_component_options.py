@@ -40,6 +40,7 @@ BAD = {
     "judge/rule_regex": ("pattern", "(unclosed", "is not a valid regular expression"),
     "judge/length_biased": ("unit", "pages", "is not one of 'words' or 'chars'"),
     "generator/hf": ("top_p", 1.5, "must be <= 1"),
+    "generator/vllm": ("temperature", 0, "must be > 0"),
     "generator/api": ("max_failed_share", 2.0, "must be <= 1"),
     "optimizer/dpo": ("loss_type", "nope", "is not one of 'sigmoid', 'hinge'"),
     "optimizer/ppo": ("gamma", 1.5, "must be <= 1"),

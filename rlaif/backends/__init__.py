@@ -8,7 +8,8 @@ A judge never talks to transformers or HTTP directly; it asks its backend for
   as the assistant's reply (local models only).
 
 ``LocalBackend`` serves these from a ``ModelPool`` (weights shared with the generator when the
-model is the same); an OpenAI-compatible API backend serves the first two.
+model is the same), ``VLLMBackend`` from a vLLM engine in the pool (``engine: vllm``); an
+OpenAI-compatible API backend serves the first two.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ class BackendUnsupported(NotImplementedError):
 
 
 def make_backend(pool=None, model: str | None = None, dtype: str = "auto", batch_size: int = 16,
-                 api: dict | None = None, backend=None):
-    """The judge's backend: an explicit one, an OpenAI-compatible API (``api`` settings), or local."""
+                 api: dict | None = None, backend=None, engine: str = "auto"):
+    """The judge's backend: an explicit one, an OpenAI-compatible API (``api`` settings), or a local
+    model on ``engine`` (transformers | vllm; auto: the run's choice, ``pool.engine``)."""
     if backend is not None:
         return backend
     if api:
@@ -33,4 +35,11 @@ def make_backend(pool=None, model: str | None = None, dtype: str = "auto", batch
         return APIBackend(model=model, **dict(api))
     if pool is None or model is None:
         raise ValueError("a model-based judge needs a model: set judge.model (and a pool), or judge.api")
+    if engine == "auto":
+        engine = getattr(pool, "engine", "transformers")
+    if engine == "vllm":
+        from rlaif.backends.vllm import VLLMBackend, require
+
+        require("judge.engine")
+        return VLLMBackend(pool, model, dtype, batch_size)
     return LocalBackend(pool, model, dtype, batch_size)

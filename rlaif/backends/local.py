@@ -23,15 +23,7 @@ class LocalBackend:
         return self.pool.tokenizer(self.model_name), self.pool.model(self.model_name, self.dtype)
 
     def option_token_ids(self, options: list[str]) -> list[int]:
-        tok, _ = self._lm()
-        ids = []
-        for o in options:
-            enc = tok(o, add_special_tokens=False)["input_ids"]
-            if len(enc) != 1:
-                raise ValueError(f"answer option {o!r} is {len(enc)} tokens for {self.model_name}'s tokenizer; "
-                                 "choose single-token answer options")
-            ids.append(enc[0])
-        return ids
+        return single_token_ids(self.pool.tokenizer(self.model_name), options, self.model_name)
 
     def next_token_logprobs(self, chats: list[list[dict]], options: list[str],
                             assistant_prefix: str = "") -> list[list[float | None]]:
@@ -68,3 +60,15 @@ class LocalBackend:
 
     def accounting(self) -> dict[str, float]:
         return {}
+
+
+def single_token_ids(tok, options: list[str], model_name: str) -> list[int]:
+    """The token id of each answer option; raises if an option is not exactly one token."""
+    ids = []
+    for o in options:
+        enc = tok(o, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1:
+            raise ValueError(f"answer option {o!r} is {len(enc)} tokens for {model_name}'s tokenizer; "
+                             "choose single-token answer options")
+        ids.append(enc[0])
+    return ids

@@ -14,7 +14,8 @@ above 1, rlaif is faster. The baselines:
   does not reuse shared prefixes through the KV cache yet; the row shows what it gains today.)
 * ``generate vs model.generate``: a loop over the same batches calling ``model.generate`` with the
   generator's temperature / top-p / top-k / max_new_tokens and the same per-batch seeds.
-  ``generate vs vLLM`` runs only where ``import vllm`` works.
+* ``vllm``: vLLM beside transformers on the same generation and judging work (rlaif/bench/vllm_rows.py),
+  where ``import vllm`` works.
 * ``dpo step vs TRL``: a minimal ``DPOTrainer`` script (same pairs, beta, batch size, learning
   rate, max length, precision); the step time is the Trainer's own ``train_runtime`` / steps.
 * ``ppo ...``: one PPO iteration of rlaif's own implementation split into sampling (the policy's

@@ -23,9 +23,10 @@ from rlaif.bench.rows import (
     bench_quickstart,
 )
 from rlaif.bench.timing import matmul_gflops
+from rlaif.bench.vllm_rows import bench_vllm
 from rlaif.bench.workload import SIZES, n_params
 
-SECTIONS = ("matmul", "judge", "generate", "dpo", "ppo")
+SECTIONS = ("matmul", "judge", "generate", "dpo", "ppo", "vllm")  # vllm: where it is installed
 
 
 def _fmt(x, spec=".3g") -> str:
@@ -97,6 +98,8 @@ def _bench(argv) -> int:
         rows += bench_dpo(pool, args.model, P, sizes, args.repeats, peak32, peak)
     if "ppo" in args.only:
         rows += bench_ppo(pool, args.model, p.dtype, P, sizes, peak32, peak)
+    if "vllm" in args.only:
+        rows += bench_vllm(pool, args.model, p.dtype, sizes, args.repeats, peak)
     if args.quickstart is not None:
         rows += bench_quickstart(args.quickstart, pool.tokenizer(args.model), P, peak)
     print(table(rows), flush=True)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import resource
@@ -114,12 +113,6 @@ def bench_generate(pool, model_name: str, dtype: str, sizes, repeats: int, peak:
     rows = [row("generate vs model.generate", f"{n} samples, <= {gen.max_new_tokens} new tokens, batch {gen.batch_size}",
                 res["rlaif"][0], res["plain"][0], Done("sample", n, flops, peak),
                 note=f"{new} / {res['plain'][1]} tokens generated (rlaif / plain)")]
-    if importlib.util.find_spec("vllm") is not None:  # an optional extra: looked up, not imported
-        note = "vLLM is installed; its comparison is not implemented in this benchmark"
-    else:
-        note = "vLLM not installed"
-    rows.append(row("generate vs vLLM", "the same sampling with vLLM", res["rlaif"][0], None, Done("sample", n),
-                    note=note))
     return rows
 
 

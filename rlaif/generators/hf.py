@@ -86,6 +86,7 @@ class HFGenerator:
     come positionally."""
 
     Options = HFGeneratorOptions
+    engine = "transformers"
 
     def __init__(self, model: str | None = None, **options):
         o = take_sampling(self, HFGeneratorOptions, model, options)
@@ -100,6 +101,11 @@ class HFGenerator:
         """Sample from the configured model, loaded (once, shared) through the pool."""
         return self.generate(pool.model(self.model_name, self.dtype), pool.tokenizer(self.model_name), prompts, k,
                              seed, SampleTag(self.identity(pool), source, desc), journal=journal)
+
+    def sample_model(self, pool, name: str, prompts: list[Prompt], k: int | None = None, seed: int = 0,
+                     tag: SampleTag = POLICY_SAMPLES, journal=None) -> list[Candidate]:
+        """k samples per prompt from model ``name`` (a pool name), labelled by ``tag``."""
+        return self.generate(pool.model(name, self.dtype), pool.tokenizer(name), prompts, k, seed, tag, journal)
 
     def sampling_params(self) -> dict:
         """What the samples depend on (cache keys). ``model_defaults: ignored``: samples do not read

@@ -29,7 +29,7 @@ from typing import Annotated
 from pydantic import Field
 
 from rlaif.criteria import Criterion
-from rlaif.options import Count, Dtype, Options
+from rlaif.options import Count, Dtype, Engine, Options
 from rlaif.types import Candidate, Judgment, PairwiseVerdict, Prompt
 
 Seed = Annotated[int, Field(ge=0)]
@@ -41,6 +41,13 @@ class ModelJudgeOptions(Options):
     model: str
     dtype: Dtype
     batch_size: Count
+
+
+class LanguageJudgeOptions(ModelJudgeOptions):
+    """A judge that reads a language model's probabilities or text, and the engine that runs it:
+    transformers, vllm, or auto (vllm when the run's generator is vllm, else transformers)."""
+
+    engine: Engine
 
 
 def with_given(options: dict, **explicit) -> dict:

@@ -12,11 +12,11 @@ from typing import ClassVar
 
 from rlaif.backends import make_backend
 from rlaif.criteria import Criterion
-from rlaif.judges.base import Judge, ModelJudgeOptions, Seed, with_given
+from rlaif.judges.base import Judge, LanguageJudgeOptions, Seed, with_given
 from rlaif.types import Prompt
 
 
-class ContrastiveOptions(ModelJudgeOptions):
+class ContrastiveOptions(LanguageJudgeOptions):
     """``judge=contrastive``: every option, documented with its default in conf/judge/contrastive.yaml."""
 
     CONF: ClassVar[str] = "judge/contrastive"
@@ -37,7 +37,7 @@ class ContrastiveJudge(Judge):
         criterion.require(self.kind)
         super().__init__(criterion, name)
         self.options = o = ContrastiveOptions.build(with_given(options, model=model, dtype=dtype), "judge")
-        self.backend = make_backend(pool, o.model, o.dtype, o.batch_size, None, backend)
+        self.backend = make_backend(pool, o.model, o.dtype, o.batch_size, None, backend, o.engine)
         self.positive = criterion.get("contrastive.positive")
         self.negative = criterion.get("contrastive.negative")
         self.seed = o.seed

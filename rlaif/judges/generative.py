@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from rlaif.backends import make_backend
 from rlaif.criteria import Criterion
-from rlaif.judges.base import Judge, ModelJudgeOptions, Seed, rank_by_pairs, with_given
+from rlaif.judges.base import Judge, LanguageJudgeOptions, Seed, rank_by_pairs, with_given
 from rlaif.judges.pointwise import principle_line, task_text
 from rlaif.options import Count, NonNegative
 from rlaif.types import Prompt
@@ -96,7 +96,7 @@ def p_first_slot(verdict: str | None) -> float | None:
     return {"A": 1.0, "B": 0.0, "tie": 0.5}.get(verdict) if verdict else None
 
 
-class GenerativeOptions(ModelJudgeOptions):
+class GenerativeOptions(LanguageJudgeOptions):
     """``judge=generative``: every option, documented with its default in conf/judge/generative.yaml."""
 
     CONF: ClassVar[str] = "judge/generative"
@@ -122,7 +122,7 @@ class GenerativeJudge(Judge):
         criterion.require(self.kind)
         super().__init__(criterion, name)
         self.options = o = GenerativeOptions.build(with_given(options, model=model, dtype=dtype), "judge")
-        self.backend = make_backend(pool, o.model, o.dtype, o.batch_size, o.api, backend)
+        self.backend = make_backend(pool, o.model, o.dtype, o.batch_size, o.api, backend, o.engine)
         self.instruction = criterion.get("generative.instruction")
         self.chain_of_thought = o.chain_of_thought
         self.max_new_tokens = o.max_new_tokens or (512 if o.chain_of_thought else 24)

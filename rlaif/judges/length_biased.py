@@ -15,12 +15,12 @@ from typing import Any, ClassVar, Literal
 from hydra.utils import get_class
 
 from rlaif.criteria import Criterion
-from rlaif.judges.base import Judge, ModelJudgeOptions
+from rlaif.judges.base import Judge, LanguageJudgeOptions
 from rlaif.judges.panel import build_judge
 from rlaif.types import Prompt
 
 
-class LengthBiasedOptions(ModelJudgeOptions):
+class LengthBiasedOptions(LanguageJudgeOptions):
     """``judge=length_biased``: every option, documented with its default in conf/judge/length_biased.yaml."""
 
     CONF: ClassVar[str] = "judge/length_biased"
@@ -42,7 +42,7 @@ class LengthBiasedJudge(Judge):
             raise ValueError(f"judge.judge: the length bias is added to a score, but {inner.kind} judges only "
                              "compare pairs; use a pointwise kind (pointwise, contrastive, reward_model, rule)")
         self.inner = build_judge(o.judge, criterion, pool, backend,
-                                 defaults={"model": o.model, "dtype": o.dtype, "batch_size": o.batch_size})
+                                 defaults={"model": o.model, "dtype": o.dtype, "batch_size": o.batch_size, "engine": o.engine})
         self.bonus, self.unit = o.bonus, o.unit
 
     @property

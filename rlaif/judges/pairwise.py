@@ -17,7 +17,7 @@ from pydantic import Field
 
 from rlaif.backends import make_backend
 from rlaif.criteria import Criterion
-from rlaif.judges.base import Judge, ModelJudgeOptions, Seed, rank_by_pairs, with_given
+from rlaif.judges.base import Judge, LanguageJudgeOptions, Seed, rank_by_pairs, with_given
 from rlaif.options import Fraction
 from rlaif.types import Prompt
 
@@ -30,7 +30,7 @@ TEMPLATE = (
 )
 
 
-class PairwiseOptions(ModelJudgeOptions):
+class PairwiseOptions(LanguageJudgeOptions):
     """``judge=pairwise``: every option, documented with its default in conf/judge/pairwise.yaml."""
 
     CONF: ClassVar[str] = "judge/pairwise"
@@ -55,7 +55,7 @@ class PairwiseJudge(Judge):
         criterion.require(self.kind)
         super().__init__(criterion, name)
         self.options = o = PairwiseOptions.build(with_given(options, model=model, dtype=dtype), "judge")
-        self.backend = make_backend(pool, o.model, o.dtype, o.batch_size, o.api, backend)
+        self.backend = make_backend(pool, o.model, o.dtype, o.batch_size, o.api, backend, o.engine)
         self.question = criterion.get("pairwise.question")
         self.answer_tokens = tuple(o.answer_tokens)
         self.swap_fraction, self.parse_fallback, self.seed = o.swap_fraction, o.parse_fallback, o.seed

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from pydantic import model_validator
 
 from rlaif.criteria import Criterion, weighted_criteria
-from rlaif.judges.base import Judge, ModelJudgeOptions, rank_by_pairs, with_given
+from rlaif.judges.base import Judge, LanguageJudgeOptions, rank_by_pairs, with_given
 from rlaif.options import NonNegative
 from rlaif.types import Prompt
 
@@ -124,7 +124,7 @@ def _mean2(first, second) -> float | None:
     return 0.5 * (first + second) if _ok(first) and _ok(second) else None
 
 
-class PanelOptions(ModelJudgeOptions):
+class PanelOptions(LanguageJudgeOptions):
     """``judge=panel``: every option, documented with its default in conf/judge/panel.yaml. ``model``,
     ``dtype`` and ``batch_size`` fill what a member leaves out; each member checks its own options."""
 
@@ -164,7 +164,7 @@ class PanelJudge(Judge):
         self.options = o = PanelOptions.build(with_given(options, members=members, aggregation=aggregation), "judge")
         self.aggregation = o.aggregation
         self.weights = list(o.weights) if o.weights is not None else [1.0] * len(o.members)
-        defaults = {"model": o.model, "dtype": o.dtype, "batch_size": o.batch_size}
+        defaults = {"model": o.model, "dtype": o.dtype, "batch_size": o.batch_size, "engine": o.engine}
         self.members: dict[str, Judge] = {}
         for spec in o.members:
             j = build_judge(spec, criterion, pool, backend, defaults)
@@ -212,7 +212,7 @@ class PanelJudge(Judge):
         return judgments, verdicts
 
 
-class MultiCriterionOptions(ModelJudgeOptions):
+class MultiCriterionOptions(LanguageJudgeOptions):
     """``judge=multi_criterion``: every option, documented with its default in conf/judge/multi_criterion.yaml.
     ``model``, ``dtype`` and ``batch_size`` fill what the member config leaves out."""
 
@@ -247,7 +247,7 @@ class MultiCriterionJudge(Judge):
         desc = "weighted criteria: " + ", ".join(f"{c.name} x{w:g}" for c, w in components)
         super().__init__(Criterion("+".join(names), desc), name)
         self.weights = {c.name: w for c, w in components}
-        defaults = {"model": o.model, "dtype": o.dtype, "batch_size": o.batch_size}
+        defaults = {"model": o.model, "dtype": o.dtype, "batch_size": o.batch_size, "engine": o.engine}
         self.judges = {c.name: build_judge(o.judge, c, pool, backend, defaults) for c, _ in components}
         kinds = {j.pointwise for j in self.judges.values()}
         self.pointwise = kinds.pop()

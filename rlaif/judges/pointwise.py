@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 
 from rlaif.backends import make_backend
 from rlaif.criteria import Criterion
-from rlaif.judges.base import Judge, ModelJudgeOptions, Seed, with_given
+from rlaif.judges.base import Judge, LanguageJudgeOptions, Seed, with_given
 from rlaif.types import Prompt
 
 TEMPLATE = (
@@ -64,7 +64,7 @@ def expected_rating(logps: list[float | None], ratings: list[int]) -> float | No
     return sum(r * x for r, x in w) / z
 
 
-class PointwiseOptions(ModelJudgeOptions):
+class PointwiseOptions(LanguageJudgeOptions):
     """``judge=pointwise``: every option, documented with its default in conf/judge/pointwise.yaml."""
 
     CONF: ClassVar[str] = "judge/pointwise"
@@ -105,7 +105,7 @@ class PointwiseJudge(Judge):
         criterion.require(self.kind)
         super().__init__(criterion, name)
         self.options = o = PointwiseOptions.build(with_given(options, model=model, dtype=dtype), "judge")
-        self.backend = make_backend(pool, o.model, o.dtype, o.batch_size, o.api, backend)
+        self.backend = make_backend(pool, o.model, o.dtype, o.batch_size, o.api, backend, o.engine)
         self.question = criterion.get("pointwise.question")
         self.ratings = list(range(o.min_rating, o.max_rating + 1))
         self.min_rating_mass = o.min_rating_mass

@@ -139,7 +139,8 @@ class OnlineDPOOptimizer:
             beta=[self.beta],
             loss_type=self.loss_type, max_new_tokens=max_new, max_length=self.max_length,
             temperature=self.temperature if self.temperature is not None else ctx.temperature, top_p=ctx.top_p,
-            missing_eos_penalty=self.missing_eos_penalty, use_vllm=False, trust_remote_code=ctx.trust_remote_code,
+            missing_eos_penalty=self.missing_eos_penalty, trust_remote_code=ctx.trust_remote_code,
+            **self.vllm.trl_args(),
         )
         # Each micro-step samples two responses for each of batch_size prompts (per process).
         steps = budget_max_steps(ctx, 2 * args.per_device_train_batch_size * args.world_size, 1,

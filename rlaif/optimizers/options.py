@@ -68,6 +68,30 @@ class RewardOptions(Options):
     reward_reference: RewardReference
 
 
+class TRLvLLMOptions(Options):
+    """TRL's own vLLM generation inside its online trainers (``optimizer.vllm``): TRL's ``use_vllm``
+    and ``vllm_*`` settings, for GPU machines with vLLM installed."""
+
+    enabled: bool
+    mode: Literal["colocate", "server"]
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)]
+    tensor_parallel_size: Count
+    server_base_url: str | None
+    enable_sleep_mode: bool
+
+    def trl_args(self) -> dict:
+        """The keyword arguments of TRL's GRPOConfig / RLOOConfig / OnlineDPOConfig."""
+        if not self.enabled:
+            return {"use_vllm": False}
+        args = {"use_vllm": True, "vllm_mode": self.mode, "vllm_enable_sleep_mode": self.enable_sleep_mode}
+        if self.mode == "colocate":
+            args.update(vllm_gpu_memory_utilization=self.gpu_memory_utilization,
+                        vllm_tensor_parallel_size=self.tensor_parallel_size)
+        elif self.server_base_url:
+            args["vllm_server_base_url"] = self.server_base_url
+        return args
+
+
 class OnlineOptions(TrainingOptions, RewardOptions):
     """What the TRL-based online optimizers add to the training options."""
 
@@ -75,6 +99,7 @@ class OnlineOptions(TrainingOptions, RewardOptions):
     temperature: Positive | None  # null: the generator's
     max_new_tokens: Count | None  # null: the generator's
     gradient_checkpointing: bool
+    vllm: TRLvLLMOptions
 
 
 GenerationLoss = Literal["sigmoid", "ipo"]

@@ -236,7 +236,7 @@ class _OnlineBase:
             num_generations=self.num_generations, max_completion_length=max_new,
             temperature=self.temperature if self.temperature is not None else ctx.temperature, top_p=ctx.top_p,
             beta=self.beta, epsilon=self.epsilon, num_iterations=self.num_iterations,
-            mask_truncated_completions=self.mask_truncated_completions, use_vllm=False,
+            mask_truncated_completions=self.mask_truncated_completions, **self.vllm.trl_args(),
             trust_remote_code=ctx.trust_remote_code, log_completions=False, **self._extra_args(),
         )
         # One generation samples generation_batch_size responses (all processes) and feeds

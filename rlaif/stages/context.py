@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rlaif import distributed
+from rlaif.backends.vllm import run_engine
 from rlaif.cache import StageCache
 from rlaif.journal import Progress
 from rlaif.models import ModelPool
@@ -32,6 +33,8 @@ class RunContext:
         self.cache = StageCache(cfg.cache.dir, cfg.cache.enabled)
         self.pool = ModelPool(cfg.cache.dir, cfg.policy.prefer_hub, cfg.policy.trust_remote_code,
                               cfg.policy.allow_pickle)
+        self.pool.vllm = dict(self.resolved.get("vllm") or {})  # engine settings, where a component runs on vLLM
+        self.pool.engine = run_engine(cfg)
         self.main = distributed.is_main()  # False: another process of a multi-process launch (rlaif/distributed.py)
         self.tracker = instantiate(cfg.tracker) if self.main else NullTracker()
         if sweep is not None:  # one W&B group per sweep, one job type per optimizer

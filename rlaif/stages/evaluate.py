@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from rlaif.answers import answers_journaled
 from rlaif.criteria import Criterion
 from rlaif.evaluation import KL_ESTIMATOR, KLModels, Scorers, evaluate
-from rlaif.generators import HFGenerator
+from rlaif.generators import HFGenerator, VLLMGenerator
 from rlaif.generators.hf import SampleTag
 from rlaif.stages.base import Stage
 from rlaif.stages.judge import JUDGE
@@ -21,13 +21,15 @@ from rlaif.stages.reward_model import POLICY
 from rlaif.types import Candidate, EvalSample
 
 SAMPLING = tuple(f"evaluation.{k}" for k in ("temperature", "top_p", "max_new_tokens", "batch_size", "dtype",
-                                             "samples_per_prompt"))
+                                             "samples_per_prompt", "engine"))
 
 
-def _sampler(ev, model: str) -> HFGenerator:
-    """Samples both policies: the trained policy is a local model whatever generated the candidates."""
-    return HFGenerator(model=model, temperature=ev.temperature, top_p=ev.top_p,
-                       max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, dtype=ev.dtype)
+def _sampler(ev, model: str) -> HFGenerator | VLLMGenerator:
+    """Samples both policies, on ``evaluation.engine``: the trained policy is a local model whatever
+    generated the candidates."""
+    cls = VLLMGenerator if ev.get("engine") == "vllm" else HFGenerator
+    return cls(model=model, temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens,
+               batch_size=ev.batch_size, dtype=ev.dtype)
 
 
 def _finite_or_none(x: Any) -> Any:
@@ -42,9 +44,8 @@ class EvaluateReference(Stage):
     def compute(self, v, work):
         name = v.cfg.policy.model
         gen = _sampler(v.cfg.evaluation, name)
-        return {"eval_reference": gen.generate(
-            v.pool.model(name, gen.dtype), v.pool.tokenizer(name), v.record("eval_prompts"),
-            int(v.cfg.evaluation.samples_per_prompt), int(v.cfg.seed) + 1,
+        return {"eval_reference": gen.sample_model(
+            v.pool, name, v.record("eval_prompts"), int(v.cfg.evaluation.samples_per_prompt), int(v.cfg.seed) + 1,
             SampleTag(v.model("policy"), "reference", "evaluate: reference"), journal=work.journal("eval_reference"))}
 
 
@@ -85,21 +86,21 @@ class Evaluate(Stage):
         extra: dict[str, Any] = {}
         if self.optimizer.name == "best_of_n":  # n fresh reference samples per slot, the judge keeps its favourite
             n = self.optimizer.n
-            pools = gen.generate(pool.model(name, gen.dtype), tok, prompts, k * n, seed + 7919,
-                                 SampleTag(policy_id, "best_of_n", f"evaluate: best-of-{n}"),
-                                 journal=work.journal("best_of_n"))
+            pools = gen.sample_model(pool, name, prompts, k * n, seed + 7919,
+                                     SampleTag(policy_id, "best_of_n", f"evaluate: best-of-{n}"),
+                                     journal=work.journal("best_of_n"))
             if getattr(self.reward, "references", None):  # a comparative judge: compare with a fresh reference sample
-                refs = gen.generate(pool.model(name, gen.dtype), tok, prompts, 1, seed + 104729,
-                                    SampleTag(policy_id, "reference", "evaluate: baseline"),
-                                    journal=work.journal("baseline"))
+                refs = gen.sample_model(pool, name, prompts, 1, seed + 104729,
+                                        SampleTag(policy_id, "reference", "evaluate: baseline"),
+                                        journal=work.journal("baseline"))
                 self.reward.references.update({c.prompt_id: c.text for c in refs})
             pol, extra = self.optimizer.select(prompts, pools, self.reward, k)
             pol_model, kl = None, best_of_n_kl(n)
         else:
             trained = v.model("trained")
             pool.add("trained-policy", str(v.path("trained")), trained)
-            pol = gen.generate(pool.model("trained-policy", gen.dtype), tok, prompts, k, seed,
-                               SampleTag(trained, "policy", "evaluate: policy"), journal=work.journal("policy"))
+            pol = gen.sample_model(pool, "trained-policy", prompts, k, seed,
+                                   SampleTag(trained, "policy", "evaluate: policy"), journal=work.journal("policy"))
             pol_model, kl = pool.model("trained-policy", ev.kl_dtype), None
         samples, m = evaluate(prompts, pol, v.record("eval_reference"),
                               Scorers(v.component("judge"), v.component("gold"), heldout),
