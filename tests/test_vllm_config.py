@@ -55,3 +55,24 @@ def test_bad_engine_settings_are_refused_naming_the_key(override, says, tiny_ove
     with pytest.raises(ConfigError, match="Invalid config") as e:
         run(cfg, output_dir=tmp_path / "run")
     assert says in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("optimizer", ["grpo", "rloo", "online_dpo"])
+def test_trl_vllm_options_reach_trls_own_config(optimizer, tiny_overrides, tmp_path):
+    """optimizer.vllm becomes TRL's use_vllm / vllm_* fields, which TRL's config classes accept."""
+    from hydra.utils import instantiate
+
+    cfg = compose_config([*tiny_overrides, f"optimizer={optimizer}", "optimizer.vllm.enabled=true",
+                          "optimizer.vllm.gpu_memory_utilization=0.25"])
+    opt = instantiate(cfg.optimizer)
+    args = opt.vllm.trl_args()
+    if optimizer == "online_dpo":
+        from trl.experimental.online_dpo import OnlineDPOConfig as Config
+    else:
+        from trl import GRPOConfig, RLOOConfig
+
+        Config = GRPOConfig if optimizer == "grpo" else RLOOConfig
+    made = Config(output_dir=str(tmp_path), report_to=[], bf16=False, use_cpu=True, **args)
+    assert made.use_vllm is True and made.vllm_mode == "colocate" and made.vllm_gpu_memory_utilization == 0.25
+    off = instantiate(compose_config([*tiny_overrides, f"optimizer={optimizer}"]).optimizer)
+    assert off.vllm.trl_args() == {"use_vllm": False}
