@@ -11,8 +11,9 @@ import pytest
 
 from rlaif import bench
 
-BASELINED = ("judge contrastive vs bare forward", "judge contrastive vs naive", "judge pairwise vs bare forward",
-             "judge pairwise vs naive", "generate vs model.generate", "dpo step vs TRL")
+BASELINED = ("judge contrastive vs bare forward", "judge contrastive vs naive", "judge contrastive vs full sequences",
+             "judge pairwise vs bare forward", "judge pairwise vs naive", "judge pairwise vs full sequences",
+             "generate vs model.generate", "dpo step vs TRL")
 UNPAIRED = ("generate vs vLLM", "ppo iteration", "ppo sampling", "ppo rollout forwards", "ppo scoring", "ppo update")
 
 
