@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from rlaif.scoring import (
+    Sampling,
     chat_prefix_ids,
     continuation_logprobs,
     next_token_logprobs,
     prefix_groups,
     sampled_logprobs,
-    Sampling,
     text_ids,
 )
 

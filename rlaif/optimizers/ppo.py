@@ -27,7 +27,6 @@ the uninterrupted one.
 from __future__ import annotations
 
 import copy
-
 import logging
 import math
 import random
