@@ -12,8 +12,9 @@ import pytest
 
 from rlaif import bench
 
-BASELINED = ("judge contrastive vs bare forward", "judge contrastive vs naive", "judge pairwise vs bare forward",
-             "judge pairwise vs naive", "generate vs model.generate", "dpo step vs TRL")
+BASELINED = ("judge contrastive vs bare forward", "judge contrastive vs naive", "judge contrastive vs full sequences",
+             "judge pairwise vs bare forward", "judge pairwise vs naive", "judge pairwise vs full sequences",
+             "generate vs model.generate", "dpo step vs TRL")
 UNPAIRED = ("ppo iteration", "ppo sampling", "ppo rollout forwards", "ppo scoring", "ppo update")
 
 
@@ -37,7 +38,7 @@ def test_bench_small_writes_every_row(tiny_model, tmp_path, capsys):
         r = rows[name]
         assert r["baseline_s"] > 0 and math.isfinite(r["ratio"]) and r["ratio"] > 0, r
         assert r["ratio"] == pytest.approx(r["baseline_s"] / r["rlaif_s"])
-    if importlib.util.find_spec("vllm") is None:  # with vLLM, tests/test_vllm.py runs its rows
+    if importlib.util.find_spec("vllm") is None:  # with vLLM: tests/test_vllm.py::test_bench_vllm_rows
         assert "vLLM not installed" in rows["vLLM"]["note"]
     fractions = [r["peak_fraction"] for r in data["rows"] if r["peak_fraction"] is not None]
     assert len(fractions) >= 7  # judges, generation, DPO, three PPO phases

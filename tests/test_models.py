@@ -164,3 +164,31 @@ def test_two_processes_converting_the_embedded_model_at_once(tmp_path):
 
     for f in [folder, *folder.iterdir()]:  # a shared cache: readable like any plain write (safetensors makes 0600)
         assert f.stat().st_mode & 0o777 == plain_mode(is_dir=f.is_dir()), f
+
+
+def test_lm_head_reads_a_contiguous_input(tiny_model):
+    """Keeping the last positions' logits slices the hidden states; the head gets them as one block
+    (a strided input sends CPU linear layers down a far slower path)."""
+    import torch
+
+    from rlaif.models import load_causal_lm
+
+    model = load_causal_lm(tiny_model, "float32")
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda mod, args, out: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(3, 50, (3, 7))
+    kept = model(input_ids=ids, logits_to_keep=2).logits
+    whole = model(input_ids=ids).logits
+    assert seen == [True, True]
+    assert torch.allclose(kept, whole[:, -2:], atol=1e-5)
+
+
+def test_pool_auto_dtype_is_the_dtype_it_stands_for(tiny_model):
+    """``auto`` and the dtype it resolves to are one frozen instance, loaded once."""
+    from rlaif import models
+    from rlaif.precision import inference_dtype
+
+    pool = ModelPool()
+    before = len(models.LOADS)
+    assert pool.model(tiny_model, "auto") is pool.model(tiny_model, inference_dtype("auto"))
+    assert len(models.LOADS) == before + 1

@@ -229,3 +229,22 @@ def test_panel_run_reports_member_agreement(tiny_overrides, tmp_path):
     assert summary["judge/panel_mean_agreement"] == diag["judge/panel_mean_agreement"]
     verdicts = [json.loads(x) for x in (tmp_path / "panel" / "verdicts.jsonl").read_text().splitlines()]
     assert len(verdicts) == 6 * 3  # every pair of 3 candidates for 6 prompts
+
+
+def test_each_model_is_loaded_once_per_dtype(tiny_overrides, tmp_path):
+    """Generator, judge and evaluation share one frozen instance of the policy model; the only other
+    load of its folder is the copy DPO trains. The trained policy is loaded once per dtype it is used in."""
+    from rlaif import models
+
+    before = len(models.LOADS)
+    run(compose_config([*tiny_overrides, "evaluation.dtype=float32", "evaluation.kl_dtype=float32", "tracker=none"]),
+        output_dir=tmp_path / "run")
+    loads = models.LOADS[before:]
+    frozen_and_trained = [x for x in loads if x[0] == tiny_model_path(tiny_overrides)]
+    assert frozen_and_trained == [(frozen_and_trained[0][0], "torch.float32")] * 2, loads
+    others = [x for x in loads if x not in frozen_and_trained]
+    assert others and len(others) == len(set(others)), loads  # the trained policy, once
+
+
+def tiny_model_path(overrides: list[str]) -> str:
+    return next(o.split("=", 1)[1] for o in overrides if o.startswith("policy.model="))

@@ -342,3 +342,17 @@ def test_progress_shows_a_bar_and_one_line_per_logging_step(tiny_model, tmp_path
     lines = re.findall(r"(?:^|[\r\n])step (\d+)/(\d+)  reward \S+  kl \S+  kl coef \S+  pg loss \S+", err)
     assert [(int(a), int(b)) for a, b in lines] == [(1, 3), (2, 3), (3, 3)], err[-2000:]
     assert re.search(r"train ppo: [^\r\n]*3/3 ", err)
+
+
+@pytest.mark.parametrize("value_model", ["separate", "shared"])
+def test_policy_folder_is_loaded_once(tiny_model, tmp_path, value_model):
+    """The reference and a separate value trunk are copies of the loaded policy, not loads of their
+    own (and they start from its weights: the first batch's KL is zero)."""
+    from rlaif import models
+
+    ctx = context(tiny_model, tmp_path, checkpoints=False)
+    before = len(models.LOADS)
+    ppo(value_model=value_model, total_episodes=B).train(ctx)
+    loaded = [path for path, _ in models.LOADS[before:]]
+    assert loaded.count(tiny_model) == 1, loaded
+    assert ctx.history[0]["train/kl"] == pytest.approx(0.0, abs=1e-4)

@@ -355,3 +355,24 @@ def test_config_keys_reach_the_trl_trainer(option, cls, tiny_model, tmp_path, st
     assert hasattr(trainer.model, "peft_config") == bool(values.get("lora", {}).get("enabled"))
     assert next(trainer.model.parameters()).dtype == torch.float32  # dtype: auto trains float32 weights
     assert trainer.state.global_step == 1
+
+
+def test_dpo_reference_pass_runs_once_over_the_pairs(tiny_model, tmp_path):
+    """With the YAML's default (``precompute_ref_log_probs: true``) the reference log-probs are
+    computed in one pass before training, not again in every epoch and step: the gradient-free
+    forwards of the model number the reference batches, whatever the number of epochs."""
+    from transformers import GenerationMixin
+
+    no_grad_forwards = []
+
+    def count(module, args):
+        if isinstance(module, GenerationMixin) and not torch.is_grad_enabled():  # the causal LM, not its parts
+            no_grad_forwards.append(type(module).__name__)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        rows = train_dpo_rows(tiny_model, tmp_path / "dpo", epochs=2)  # 8 pairs, batch 2: 4 steps per epoch
+    finally:
+        handle.remove()
+    assert len(rows) == 8
+    assert len(no_grad_forwards) == 8 // 2  # one reference batch per 2 pairs, once

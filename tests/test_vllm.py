@@ -116,6 +116,20 @@ def test_generator_records_and_seeded_reruns(pool):
     assert len({c.text for c in first}) > len(first) // 2  # samples, not copies
 
 
+def test_bench_vllm_rows(tmp_path):
+    """rlaif-bench --only vllm: the engine start and three rows timed on both engines."""
+    from rlaif import bench
+
+    out = tmp_path / "bench.json"
+    assert bench.main(["--sizes", "small", "--only", "vllm", "--repeats", "1", "--out", str(out)]) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["vLLM engine start"]["rlaif_s"] > 0
+    for name in ("generate: vLLM vs transformers", "judge contrastive: vLLM vs transformers",
+                 "judge pairwise: vLLM vs transformers"):
+        r = rows[name]
+        assert r["rlaif_s"] > 0 and r["baseline_s"] > 0 and r["ratio"] == pytest.approx(r["baseline_s"] / r["rlaif_s"])
+
+
 def test_engine_that_cannot_start_names_the_setting(tmp_path):
     p = ModelPool()
     p.vllm = {"cpu_kv_cache_gib": 100_000}  # far more than this machine's memory

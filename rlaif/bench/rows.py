@@ -47,7 +47,7 @@ def bench_judges(pool, model_name: str, dtype: str, sizes, repeats: int, peak: f
     from rlaif.criteria import load_criterion
     from rlaif.judges.contrastive import ContrastiveJudge
     from rlaif.judges.pairwise import PairwiseJudge
-    from rlaif.scoring import chat_prefix_ids, text_ids
+    from rlaif.scoring import chat_prefix_ids, continuation_logprobs, next_token_logprobs, text_ids
 
     crit = load_criterion("positive_sentiment")
     tok, model = pool.tokenizer(model_name), pool.model(model_name, dtype)
@@ -62,9 +62,12 @@ def bench_judges(pool, model_name: str, dtype: str, sizes, repeats: int, peak: f
     conts = flat_r * 2
     seqs = [chat_prefix_ids(tok, c) + text_ids(tok, r) for c, r in zip(chats, conts, strict=True)]
     tokens = sum(map(len, seqs))
+    prefixes, cont_ids = [chat_prefix_ids(tok, c) for c in chats], [text_ids(tok, r) for r in conts]
     res = alternate({
         "bare": lambda: bare_forward(model, tok.pad_token_id, seqs, judge.backend.batch_size),
         "naive": lambda: [naive_sequence_logprob(model, tok, c, r) for c, r in zip(chats, conts, strict=True)],
+        "full": lambda: continuation_logprobs(model, tok.pad_token_id, prefixes, cont_ids, judge.backend.batch_size,
+                                              share_prefixes=False),
         "rlaif": lambda: judge.score(flat_p, flat_r),
     }, repeats)
     t, flops = res["rlaif"][0], 2 * P * tokens
@@ -72,7 +75,9 @@ def bench_judges(pool, model_name: str, dtype: str, sizes, repeats: int, peak: f
     rows.append(row("judge contrastive vs bare forward", f"{len(seqs)} sequences, {tokens} tokens", t, res["bare"][0],
                     done))
     rows.append(row("judge contrastive vs naive", "one unbatched forward per (instruction, response)", t,
-                    res["naive"][0], done, note="no shared-prefix KV reuse yet"))
+                    res["naive"][0], done))
+    rows.append(row("judge contrastive vs full sequences", "batched, each prompt's prefix run once per candidate", t,
+                    res["full"][0], done, note=f"{sizes['judge_k']} candidates share each prefix"))
 
     pj = PairwiseJudge(crit, pool, model_name, dtype)
     a, b = flat_r[0::2], flat_r[1::2]
@@ -85,14 +90,17 @@ def bench_judges(pool, model_name: str, dtype: str, sizes, repeats: int, peak: f
     res = alternate({
         "bare": lambda: bare_forward(model, tok.pad_token_id, pseqs, pj.backend.batch_size),
         "naive": lambda: [naive_next_token(model, tok, c, option_ids) for c in pchats],
+        "full": lambda: next_token_logprobs(model, tok.pad_token_id, pseqs, option_ids, pj.backend.batch_size,
+                                            share_prefixes=False),
         "rlaif": lambda: pj.compare(pp, a, b),
     }, repeats)
     t, flops = res["rlaif"][0], 2 * P * ptokens
     done = Done("tok", ptokens, flops, peak)
     rows.append(row("judge pairwise vs bare forward", f"{len(pseqs)} comparisons (both orders), {ptokens} tokens", t,
                     res["bare"][0], done))
-    rows.append(row("judge pairwise vs naive", "one unbatched forward per order", t, res["naive"][0], done,
-                    note="no shared-prefix KV reuse yet"))
+    rows.append(row("judge pairwise vs naive", "one unbatched forward per order", t, res["naive"][0], done))
+    rows.append(row("judge pairwise vs full sequences", "batched, each comparison's question run on its own", t,
+                    res["full"][0], done))
     return rows
 
 

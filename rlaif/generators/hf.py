@@ -22,8 +22,8 @@ from typing import Annotated, ClassVar, NamedTuple
 
 import torch
 from pydantic import Field
-from tqdm.auto import tqdm
 
+from rlaif import progress
 from rlaif.options import Count, Dtype, Options, Positive
 from rlaif.scoring import chat_prefix_ids, left_pad
 from rlaif.types import Candidate, Prompt
@@ -142,7 +142,7 @@ class HFGenerator:
         sampling = self.distribution()
         _report_ignored(model, model_id or self.model_name)
         out: list[Candidate] = []
-        bar = tqdm(total=len(jobs), desc=desc, unit="sample")
+        bar = progress.bar(total=len(jobs), desc=desc, unit="sample")
         for b, s in enumerate(range(0, len(jobs), self.batch_size)):
             batch = jobs[s : s + self.batch_size]
             items = [[p.id, i] for p, i in batch]

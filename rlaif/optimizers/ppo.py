@@ -26,6 +26,7 @@ the uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -276,17 +277,19 @@ class _PPORun(PPORolloutMixin, PPOUpdateMixin, PPOCheckpointMixin):
         self.tok = load_tokenizer(path, trc)
         lcfg = lora_config(opt.lora)
         policy = load_causal_lm(path, opt.dtype, trc)
-        if lcfg is not None:
-            from peft import get_peft_model
-
-            policy = get_peft_model(policy, lcfg)
+        # The reference and a separate value trunk start from the policy's weights: copies of the
+        # loaded model, not more loads of the same folder.
+        value_lm = copy.deepcopy(policy) if opt.value_model == "separate" else None
         # With LoRA the reference is the same network with its adapters switched off (no second copy).
         self.ref = None
         if lcfg is None:
-            self.ref = load_causal_lm(path, opt.dtype, trc).to(self.acc.device).eval().requires_grad_(False)
+            self.ref = copy.deepcopy(policy).to(self.acc.device).eval().requires_grad_(False)
+        else:
+            from peft import get_peft_model
+
+            policy = get_peft_model(policy, lcfg)
         trunk = None
-        if opt.value_model == "separate":
-            value_lm = load_causal_lm(path, opt.dtype, trc)
+        if value_lm is not None:
             if lcfg is not None:
                 from peft import get_peft_model
 

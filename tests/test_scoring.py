@@ -1,0 +1,127 @@
+"""Shared-prefix scoring (rlaif/scoring.py): rows with a common prefix run it once from a key/value
+cache, and give the numbers a forward pass over every full sequence gives, within float error.
+
+The model is the sharp tiny model (its output depends strongly on context), so reading a wrong
+position, a wrong cache row or a wrong position id changes the log-probabilities by far more
+than the tolerances here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlaif.scoring import (
+    Sampling,
+    chat_prefix_ids,
+    continuation_logprobs,
+    next_token_logprobs,
+    prefix_groups,
+    sampled_logprobs,
+    text_ids,
+)
+
+INSTRUCTIONS = ("You are a film critic who loved this movie.", "You are a film critic who hated it.")
+TASKS = ("Continue this movie review: the film", "A dull, boring and terrible movie", "Which response is better?")
+RESPONSES = ("wonderful, moving", "boring and terrible movie with awful pacing and weak writing", "the cast",
+             "a great night at the cinema and the score", "dull")
+
+# Largest difference allowed between a summed log-probability from a shared prefix and from the
+# full sequence. float32: the two differ only by the order of floating-point sums. bfloat16 (8-bit
+# mantissa): a different split of the work rounds differently; measured here about 0.02 on sums of
+# up to -80 nats over up to 12 tokens, as much as scoring the full sequences one at a time
+# instead of in batches changes them.
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 0.1}
+
+
+def _model(path: str, dtype):
+    from rlaif.models import load_causal_lm, load_tokenizer
+
+    return load_tokenizer(path), load_causal_lm(path, "float32").to(dtype).eval()
+
+
+class TokenCounter:
+    """Counts the tokens (attention-masked positions excluded) each forward pass of the model runs."""
+
+    def __init__(self, model):
+        self.tokens = 0
+        self.handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, args, kwargs):
+        self.tokens += int(kwargs["input_ids"].numel())
+
+    def close(self):
+        self.handle.remove()
+
+
+def _rows(tok):
+    prefixes, conts = [], []
+    for ins in INSTRUCTIONS:
+        for task in TASKS:
+            chat = [{"role": "system", "content": ins}, {"role": "user", "content": task}]
+            for r in RESPONSES:
+                prefixes.append(chat_prefix_ids(tok, chat))
+                conts.append(text_ids(tok, r))
+    return prefixes, conts
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_prefix_equals_full_sequences(sharp_model, dtype):
+    tok, model = _model(sharp_model, dtype)
+    prefixes, conts = _rows(tok)
+    conts[3] = []  # an empty continuation keeps (0.0, 0)
+    counter = TokenCounter(model)
+    shared = continuation_logprobs(model, tok.pad_token_id, prefixes, conts, batch_size=4)
+    shared_tokens, counter.tokens = counter.tokens, 0
+    full = continuation_logprobs(model, tok.pad_token_id, prefixes, conts, batch_size=4, share_prefixes=False)
+    counter.close()
+    assert shared[3] == (0.0, 0) == full[3]
+    assert [n for _, n in shared] == [n for _, n in full] == [len(c) for c in conts]
+    diff = max(abs(a - b) for (a, _), (b, _) in zip(shared, full, strict=True))
+    assert diff <= TOLERANCE[dtype], diff
+    spread = max(s for s, _ in full) - min(s for s, n in full if n)
+    assert spread > 100 * TOLERANCE[dtype]  # the rows really differ: a mixed-up row would be caught
+    assert shared_tokens < 0.75 * counter.tokens  # each prefix ran once per group, not once per row
+
+
+def test_shared_prefix_sampled_logprobs_with_truncation(sharp_model):
+    tok, model = _model(sharp_model, torch.float32)
+    prefixes, conts = _rows(tok)
+    sampling = Sampling(temperature=0.7, top_p=0.9, top_k=20)
+    shared = sampled_logprobs(model, tok.pad_token_id, prefixes, conts, sampling, batch_size=6)
+    full = sampled_logprobs(model, tok.pad_token_id, prefixes, conts, sampling, batch_size=6, share_prefixes=False)
+    for a, b in zip(shared, full, strict=True):
+        assert a[2] == b[2]
+        assert a[0] == pytest.approx(b[0], abs=1e-4) and a[1] == pytest.approx(b[1], abs=1e-4)
+
+
+def test_next_token_logprobs_from_a_common_start(sharp_model):
+    """Pairwise chats of one prompt share their question: its start runs once, answers are unchanged."""
+    tok, model = _model(sharp_model, torch.float32)
+    chats = [[{"role": "user", "content": f"{TASKS[0]}\n\nResponse 1:\n{a}\n\nResponse 2:\n{b}\n\nAnswer 1 or 2."}]
+             for a in RESPONSES for b in RESPONSES if a != b]
+    prefixes = [chat_prefix_ids(tok, c) for c in chats] + [chat_prefix_ids(tok, [{"role": "user", "content": "dull"}])]
+    options = text_ids(tok, "1") + text_ids(tok, "2")
+    counter = TokenCounter(model)
+    shared = next_token_logprobs(model, tok.pad_token_id, prefixes, options, batch_size=8)
+    shared_tokens, counter.tokens = counter.tokens, 0
+    full = next_token_logprobs(model, tok.pad_token_id, prefixes, options, batch_size=8, share_prefixes=False)
+    counter.close()
+    assert max(abs(x - y) for a, b in zip(shared, full, strict=True) for x, y in zip(a, b, strict=True)) <= 1e-4
+    assert len({round(a[0], 3) for a in full}) > 3  # the chats' answers differ
+    assert shared_tokens < 0.75 * counter.tokens
+
+
+def test_prefix_groups_keep_each_prompt_together():
+    a, b = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 20, 21]
+    seqs = [a + [30], b + [31], a + [32], b + [33], a + [34], [40, 41]]
+    limits = [10, 10, 10, 10, 10, 1]
+    groups, alone = prefix_groups(seqs, limits)
+    assert sorted((n, sorted(rows)) for n, rows in groups) == [(10, [0, 2, 4]), (10, [1, 3])]
+    assert alone == [5]
+    # a shared start shorter than the minimum is not worth a pass of its own
+    groups, alone = prefix_groups([[1, 2, 3, 9], [1, 2, 3, 8]], [3, 3], min_shared=4)
+    assert groups == [] and alone == [0, 1]
+    # no row shares more than its limit (the positions whose logits it needs run on its own row)
+    groups, _ = prefix_groups([a, a], [4, 6], min_shared=2)
+    assert groups == [(4, [0, 1])]
