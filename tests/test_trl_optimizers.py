@@ -337,7 +337,7 @@ def plain(value):
 def test_config_keys_reach_the_trl_trainer(option, cls, tiny_model, tmp_path, started_trainers):
     cfg = OmegaConf.to_container(OmegaConf.load(conf_dir() / "optimizer" / f"{option}.yaml"))
     assert cfg["_target_"] == f"rlaif.optimizers.{cls.__name__}" and cfg["name"] == cls.name == option
-    handled = set(TRL_FIELDS) | PIPELINE_KEYS | {"dtype", "mixed_precision", "lora", "save_steps"}
+    handled = set(TRL_FIELDS) | PIPELINE_KEYS | {"dtype", "mixed_precision", "lora", "save_steps", "vllm"}
     assert set(cfg) <= handled, f"no check says where optimizer.{set(cfg) - handled} goes"
     values = {**cfg, **TEST_VALUES[option]}
     ctx = TrainContext(policy_path=tiny_model, output_dir=tmp_path / "out", seed=0, prompts=make_prompts(),
@@ -351,6 +351,7 @@ def test_config_keys_reach_the_trl_trainer(option, cls, tiny_model, tmp_path, st
         assert got == pytest.approx(values[key]) if isinstance(got, float) else got == values[key], \
             f"optimizer.{key}={values[key]!r} reached TRL as {fields[key]}={got!r}"
     assert not args.bf16 and not args.fp16  # mixed_precision: "no"
+    assert args.use_vllm is values["vllm"]["enabled"] is False  # enabled: tests/test_vllm_config.py
     assert args.save_steps == 4 and plain(args.save_strategy) == "steps"
     assert hasattr(trainer.model, "peft_config") == bool(values.get("lora", {}).get("enabled"))
     assert next(trainer.model.parameters()).dtype == torch.float32  # dtype: auto trains float32 weights
