@@ -17,11 +17,21 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from rlaif.diagnostics.gate import JudgeGateError
     from rlaif.models import ModelResolutionError
     from rlaif.pipeline import run
+    from rlaif.reproductions.study import StudyFailed, is_study, run_study
     from rlaif.sweeps import check_metric, metric_value
 
     try:
         metric = check_metric(cfg)  # sweep.metric: what a sweeper (Optuna) optimises
+        if is_study(cfg):  # experiment=paper/*: several runs and a check (rlaif/reproductions/study.py)
+            from hydra.core.hydra_config import HydraConfig
+
+            hc = HydraConfig.get()
+            summary = run_study(cfg, hc.runtime.output_dir, list(hc.overrides.task))
+            return float(bool(summary.get("reproduction/passed")))
         summary = run(cfg)
+    except StudyFailed as e:
+        print(f"rlaif: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     except (ConfigError, PromptFileError, ModelResolutionError, JudgeGateError, RequestsFailed) as e:
         # A user error: say what to fix, without a traceback.
         print(f"rlaif: {e}", file=sys.stderr)

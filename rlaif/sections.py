@@ -14,6 +14,7 @@ from rlaif.data.files import DUPLICATES
 from rlaif.data.truncation import TRUNCATION
 from rlaif.options import Count, Dtype, Engine, NonNegative, Options, Positive
 from rlaif.preferences import MODES
+from rlaif.reproductions.study import ReproductionOptions, StudyOptions
 
 TopP = Annotated[float, Field(gt=0, le=1)]
 
@@ -85,7 +86,8 @@ class CacheOptions(Options):
 
 SECTIONS: dict[str, type[Options]] = {"policy": PolicyOptions, "preferences": PreferencesOptions, "data": DataOptions,
                                       "evaluation": EvaluationOptions, "diagnostics": DiagnosticsOptions,
-                                      "cache": CacheOptions, "vllm": VLLMOptions}
+                                      "cache": CacheOptions, "vllm": VLLMOptions, "study": StudyOptions,
+                                      "reproduction": ReproductionOptions}
 
 
 def section_problems(cfg: DictConfig) -> list[str]:
