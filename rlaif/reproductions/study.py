@@ -50,7 +50,8 @@ HEADLINE = ("eval/gold_reward_policy", "eval/gold_reward_reference", "eval/gold_
 
 
 class StudyOptions(Options):
-    runs: dict[str, list[str]]  # member name -> its overrides (Hydra syntax); empty: not a study
+    runs: dict[str, list[str] | None]  # member name -> its overrides (Hydra syntax); null removes a member an
+    #                                    inherited config defined (a full-scale config over its CPU one)
     analysis: str | None  # "module:function" run after the members; null: none
     analysis_options: dict[str, Any]  # handed to the analysis as its second config
 
@@ -96,7 +97,8 @@ class ReproductionOptions(Options):
 
 
 def is_study(cfg: DictConfig) -> bool:
-    return bool(OmegaConf.select(cfg, "study.runs"))
+    runs = OmegaConf.select(cfg, "study.runs")
+    return bool(runs) and any(v is not None for v in runs.values())
 
 
 class StudyFailed(RuntimeError):
@@ -127,6 +129,8 @@ def member_configs(cfg: DictConfig, overrides: list[str], group: str | None = No
     errors = []
     repro = OmegaConf.select(cfg, "reproduction.name") or "study"
     for name, own in OmegaConf.to_container(cfg.study.runs, resolve=True).items():
+        if own is None:  # removed by a config that inherits this study
+            continue
         ov = base + [str(o) for o in own] + [f"name={repro}-{name}"]
         if group and OmegaConf.select(cfg, "tracker.group", default="absent") is None:  # wandb, no group given
             ov.append(f"tracker.group={group}")
