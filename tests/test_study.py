@@ -74,7 +74,7 @@ def test_study_summary_reports_the_check_beside_the_thresholds(study):
     # two DPO runs: the beta-KL criterion needs three, so it fails saying why instead of guessing
     assert s["reproduction/beta_kl_spearman/passed"] is False
     assert "needs >= 3 dpo runs" in s["reproduction/beta_kl_spearman/why"]
-    assert s["reproduction/threshold/min_share_on_or_above"] == 0.75
+    assert s["reproduction/threshold/min_share_on_or_above"] == 1.0
     for name in ("dpo_a", "dpo_b", "ppo_a"):
         member = json.loads((out / "runs" / name / "summary.json").read_text())
         assert s[f"runs/{name}/eval/kl"] == member["eval/kl"]
