@@ -187,6 +187,16 @@ def test_the_study_refuses_bad_analysis_options_before_any_run(tmp_path):
     assert not (tmp_path / "study" / "runs").exists()
 
 
+def test_the_study_refuses_an_analysis_it_cannot_import(tmp_path):
+    from rlaif.reproductions.study import run_study
+
+    ov = ["experiment=paper/overoptimization_cpu", "study.analysis=rlaif.reproductions.overoptimization:nope",
+          "tracker=none", f"cache.dir={tmp_path / 'cache'}"]
+    with pytest.raises(ConfigError, match="study.analysis: cannot load"):
+        run_study(compose_config(ov), tmp_path / "study", ov)
+    assert not (tmp_path / "study" / "runs").exists()
+
+
 def test_both_configs_compose_and_validate():
     from rlaif.config import validate
     from rlaif.reproductions.registry import REGISTRY
