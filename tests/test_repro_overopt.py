@@ -116,6 +116,9 @@ def test_check_passes_when_gold_rises_then_falls_while_the_proxy_rises():
     assert r.passed, r.lines()
     assert {c.name for c in r.criteria} == {"bon_proxy_rises", "bon_gold_rises", "bon_gold_turns", "bon_fit_r2",
                                             "rl_proxy_rises", "rl_gold_rises", "rl_gold_turns"}
+    by = {c.name: c for c in r.criteria}
+    assert by["bon_gold_rises"].expected == ">= 2 sem" and isinstance(by["bon_gold_rises"].measured, float)
+    assert by["bon_fit_r2"].measured == pytest.approx(1.0) and by["bon_fit_r2"].expected == ">= 0.8"
     assert r.values["bon_gold_alpha"] == pytest.approx(0.3, abs=1e-3)
     assert r.values["bon_gold_beta"] == pytest.approx(0.15, abs=1e-3)
     assert r.values["rl_gold_beta"] == pytest.approx(0.3, abs=1e-3)

@@ -51,6 +51,11 @@ def _with_origin(c: dict[str, list]) -> tuple[list[float], list[float], list[flo
     return d, g, p
 
 
+def _criterion(name: str, key: str, claims: dict, measured: Any, passed: bool, why: str = "") -> Criterion:
+    claim, expected = claims[key]
+    return Criterion(f"{name}_{key}", claim, measured, expected, bool(passed), why=why)
+
+
 def _criteria(name: str, label: str, c: dict[str, list] | None, why: str, form: str, params: dict, min_points: int,
               min_rho: float, check_r2: bool) -> tuple[list[Criterion], dict[str, Any]]:
     k_sem = float(params.get("min_gold_rise_sem", 2.0))
@@ -74,14 +79,14 @@ def _criteria(name: str, label: str, c: dict[str, list] | None, why: str, form: 
     crit = []
     rho = spearman(d, p)
     ok = math.isfinite(rho) and rho >= min_rho and p[-1] > 0
-    crit.append(Criterion(f"{name}_proxy_rises", *claims["proxy_rises"], round(rho, 3) if math.isfinite(rho) else None,
-                          ok, why="" if ok or p[-1] > 0 else f"proxy gain at the largest d is {p[-1]:.4g}"))
+    crit.append(_criterion(name, "proxy_rises", claims, round(rho, 3) if math.isfinite(rho) else None, ok,
+                           "" if ok or p[-1] > 0 else f"proxy gain at the largest d is {p[-1]:.4g}"))
     j = max(range(1, len(g)), key=lambda i: g[i])
     sems = c["gold_gain_sem"] if len(c["d"]) == len(d) else [0.0] + list(c["gold_gain_sem"])
     sem = sems[j]
     if sem is not None and math.isfinite(sem) and sem > 0:
         z = g[j] / sem
-        crit.append(Criterion(f"{name}_gold_rises", *claims["gold_rises"], round(z, 2), z >= k_sem))
+        crit.append(_criterion(name, "gold_rises", claims, round(z, 2), z >= k_sem))
     else:
         crit.append(missing(f"{name}_gold_rises", *claims["gold_rises"], f"no standard error at the peak (sem={sem})"))
     fit = fit_form(d, g, form)
@@ -90,14 +95,13 @@ def _criteria(name: str, label: str, c: dict[str, list] | None, why: str, form: 
         crit.append(missing(f"{name}_gold_turns", *claims["gold_turns"], "the form could not be fitted"))
     else:
         ratio = fit["peak_d"] / d_max
-        crit.append(Criterion(f"{name}_gold_turns", *claims["gold_turns"],
-                              round(ratio, 3) if math.isfinite(ratio) else "inf", ratio <= max_over,
-                              why="" if fit["beta"] > 0 else f"beta = {fit['beta']:.4g} <= 0: the fitted gold never "
-                              "turns down"))
+        crit.append(_criterion(name, "gold_turns", claims, round(ratio, 3) if math.isfinite(ratio) else "inf",
+                               ratio <= max_over, "" if fit["beta"] > 0 else f"beta = {fit['beta']:.4g} <= 0: the "
+                               "fitted gold never turns down"))
     if check_r2:
         r2 = fit["r2"]
-        crit.append(Criterion(f"{name}_fit_r2", *claims["fit_r2"], None if r2 is None else round(r2, 3),
-                              r2 is not None and r2 >= min_r2, why="" if r2 is not None else "R^2 undefined"))
+        crit.append(_criterion(name, "fit_r2", claims, None if r2 is None else round(r2, 3),
+                               r2 is not None and r2 >= min_r2, "" if r2 is not None else "R^2 undefined"))
     values: dict[str, Any] = {f"{name}_gold_peak_d": round(d[j], 4), f"{name}_gold_peak_gain": round(g[j], 4),
                               f"{name}_d_max": round(d_max, 4)}
     pfit = fit_form(d, p, form)
