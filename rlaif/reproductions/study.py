@@ -167,6 +167,26 @@ def _finished(folder: Path, key: str) -> bool:
         return False
 
 
+def check_analysis(cfg: DictConfig) -> None:
+    """``study.analysis`` names a function that imports, and its options pass the function's own
+    ``validate_options`` (an attribute of the function, where it has one): before any member runs."""
+    spec = OmegaConf.select(cfg, "study.analysis")
+    if not spec:
+        return
+    module, fn = spec.split(":", 1)
+    try:
+        func = getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"study.analysis: cannot load {spec!r} ({type(e).__name__}: {e}); give 'module:function' "
+                          "of an importable module") from e
+    check = getattr(func, "validate_options", None)
+    if check is not None:
+        try:
+            check(OmegaConf.to_container(cfg.study.analysis_options, resolve=True))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"Invalid study.analysis_options for {spec}: {e}") from e
+
+
 def _analysis(cfg: DictConfig, data: StudyData, out: Path) -> dict[str, Any]:
     """The study's analysis (``module:function``), its values cached in analysis.json by the
     members' summaries and the analysis options."""
@@ -216,6 +236,7 @@ def run_study(cfg: DictConfig, out: str | Path, overrides: list[str]) -> dict[st
         raise ConfigError("reproduction.check: a study needs a check (one of " + ", ".join(sorted(CHECKS)) + ")")
     out.mkdir(parents=True, exist_ok=True)
     members = member_configs(cfg, overrides, group=f"{repro.get('name')}-{out.resolve().name}")
+    check_analysis(cfg)
     runs_dir = out / "runs"
     failed: dict[str, str] = {}
     print(f"rlaif: study {repro.get('name')} ({repro.get('scale') or 'n/a'} scale): {len(members)} runs into "

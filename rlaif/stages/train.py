@@ -92,12 +92,14 @@ def online_reward(ctx, optimizer, counters: dict[str, float]):
     on the judge's preference pairs (distilled RLAIF; runs the reward-model stage)."""
     from rlaif.optimizers.base import JudgeReward
     from rlaif.stages.reward_model import RewardModel, reward_model_judge
-    from rlaif.stages.runner import run_stage
+    from rlaif.stages.runner import link_atomic, run_stage
 
     judge = ctx.component("judge")
     if ctx.cfg.optimizer.get("reward_source", "judge") == "reward_model":
         result = run_stage(ctx, RewardModel())
         ctx.set_model("reward_model", f"reward_model:{result['key']}")
+        if ctx.main:  # beside the run's `policy` link: what scored its training (studies read it)
+            link_atomic(result["model"], ctx.out / "reward_model")
         return JudgeReward(reward_model_judge(ctx, result), counters=counters)
     refs = None
     if not judge.pointwise:  # validated: optimizer.reward_reference is reference_policy
