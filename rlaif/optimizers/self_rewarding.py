@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Annotated, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlaif.io import write_json
 from rlaif.optimizers.base import TrainContext
@@ -44,6 +44,13 @@ class SelfRewardingOptions(Options):
     sample_batch_size: Count
     dpo: DPOOptions
 
+    @model_validator(mode="after")
+    def _scale(self):
+        if self.min_rating >= self.max_rating:
+            raise ValueError(f"min_rating ({self.min_rating}) must be < max_rating ({self.max_rating}): the self-judge "
+                             "rates on single digits min_rating..max_rating")
+        return self
+
     @field_validator("dpo", mode="before")
     @classmethod
     def _plain_dpo(cls, v):  # Hydra composes optimizer=dpo's whole file there, _target_ and name included
@@ -65,8 +72,6 @@ class SelfRewardingDPO:
         self.judge_dtype, self.judge_batch_size = o.judge_dtype, o.judge_batch_size
         self.sample_batch_size, self.min_margin = o.sample_batch_size, o.min_margin
         self.dpo = DPOOptimizer(**o.dpo.model_dump())
-        if o.min_rating >= o.max_rating:
-            raise ValueError(f"optimizer.min_rating ({o.min_rating}) must be < optimizer.max_rating ({o.max_rating})")
 
     def train(self, ctx: TrainContext) -> dict[str, float]:
         if ctx.criterion is None:
