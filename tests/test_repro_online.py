@@ -211,15 +211,16 @@ def test_per_round_analysis_on_the_tiny_model(self_rewarding_run):
 
 @pytest.mark.slow
 def test_oaif_study_runs_end_to_end_on_the_tiny_model(tiny_model, tmp_path):
+    tmp = tmp_path
     from rlaif.reproductions.study import run_study
 
     ov = ["experiment=paper/oaif_cpu", f"policy.model={tiny_model}", f"cache.dir={tmp / 'cache'}",
-          "data.num_train=4", "data.num_eval=2", "generator.num_candidates=4", "generator.max_new_tokens=6",
+          "data.num_train=8", "data.num_eval=2", "generator.num_candidates=4", "generator.max_new_tokens=6",
           "generator.dtype=float32", "judge.dtype=float32", "evaluation.samples_per_prompt=2", "tracker=none",
           "optimizer.mixed_precision=no"]
     summary = run_study(compose_config(ov), tmp / "study", ov)
     assert summary["reproduction/check"].startswith("Online AI feedback")
     for name in ("offline_dpo", "online_dpo", "online_dpo_brief"):
         assert summary[f"runs/{name}/complete"], name
-        assert summary[f"runs/{name}/train/judge_calls"] == 16  # 4 prompts x 4 samples: matched
+        assert summary[f"runs/{name}/train/judge_calls"] == 32  # 8 prompts x 4 samples; online: 2 steps of 8 pairs
     assert (tmp / "study" / "reproduction.md").is_file()
