@@ -99,5 +99,5 @@ def oaif(study: StudyData, params: dict) -> CheckResult:
             v = m(name, key)
             if _finite(v):
                 values[f"{name}/{short}"] = round(v, 4)
-    return CheckResult("Online AI feedback beats offline at matched judge calls, and the annotator's prompt steers "
-                       "length (Guo et al. 2024)", crit, values)
+    return CheckResult("Online AI feedback at least matches offline feedback at matched judge calls, and the "
+                       "annotator's preference steers length (Guo et al. 2024)", crit, values)
