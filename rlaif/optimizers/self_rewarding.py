@@ -5,7 +5,10 @@ pointwise rating prompt (the criterion's ``pointwise`` wording), pairs its best 
 response, and one DPO run from the current weights gives the next round's policy. The run's own
 judge is not used for training (only for evaluation), so the policy and its judge improve together.
 
-Rounds finished before a crash are kept under ``ctx.checkpoint_dir`` and skipped on rerun.
+Rounds finished before a crash are kept under ``ctx.checkpoint_dir`` and skipped on rerun. With
+``keep_rounds`` every round's policy but the last (which is the trained policy) is also saved beside
+the trained policy, in ``<output_dir>/../rounds/round_<r>/``, for per-iteration evaluation
+(rlaif/reproductions/self_rewarding.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Annotated, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlaif.io import write_json
 from rlaif.optimizers.base import TrainContext
@@ -35,8 +38,18 @@ class SelfRewardingOptions(Options):
     min_margin: NonNegative
     judge_dtype: Dtype
     judge_batch_size: Count
+    min_rating: Annotated[int, Field(ge=0, le=9)]  # the self-judge's rating scale (single digits)
+    max_rating: Annotated[int, Field(ge=1, le=9)]
+    keep_rounds: bool
     sample_batch_size: Count
     dpo: DPOOptions
+
+    @model_validator(mode="after")
+    def _scale(self):
+        if self.min_rating >= self.max_rating:
+            raise ValueError(f"min_rating ({self.min_rating}) must be < max_rating ({self.max_rating}): the self-judge "
+                             "rates on single digits min_rating..max_rating")
+        return self
 
     @field_validator("dpo", mode="before")
     @classmethod
@@ -91,6 +104,11 @@ class SelfRewardingDPO:
         for f in Path(current).iterdir():
             if f.is_file():
                 shutil.copy2(f, out / f.name)
+        if self.options.keep_rounds:
+            for r in range(1, self.rounds):
+                dest = out.parent / "rounds" / f"round_{r}"
+                shutil.rmtree(dest, ignore_errors=True)
+                shutil.copytree(rounds_dir / f"round_{r}" / "model", dest)
         return {**last, "train/rounds": self.rounds}
 
     def _label_round(self, ctx: TrainContext, r: int, current: str, seed: int) -> tuple[list, dict]:
@@ -109,7 +127,8 @@ class SelfRewardingDPO:
         cands = gen.sample(pool, ctx.prompts, seed=seed, source=f"round{r}", desc=f"self-rewarding round {r}: sample")
         ctx.counters["generated_tokens"] += sum(c.num_tokens for c in cands)
         judge = PointwiseJudge(ctx.criterion, pool=pool, model=name, dtype=self.judge_dtype,
-                               batch_size=self.judge_batch_size, seed=ctx.seed)
+                               batch_size=self.judge_batch_size, seed=ctx.seed,
+                               min_rating=self.options.min_rating, max_rating=self.options.max_rating)
         judgments, _ = judge.rank(ctx.prompts, cands)
         ctx.counters["judge_calls"] += len(cands)
         pairs, _ = build_pairs(ctx.prompts, cands, judgments, [], "best_vs_worst", self.min_margin)
