@@ -3,7 +3,8 @@
 
 For each labeler variant (``analysis_options.variants``: a judge config of conf/judge plus its
 options, e.g. the pairwise judge with the Detailed preamble, few-shot examples or chain of thought)
-it judges the labelled pairs (``analysis_options.pairs``; the audit's seeded coin decides which
+it judges the labelled pairs (``analysis_options.pairs``: a JSONL path, or an ``audit.data``
+mapping for a hub dataset; the audit's seeded coin decides which
 response is shown first, so the human labels are balanced between the slots) and returns counts,
 not verdicts, from which the check computes alignment with its confidence interval and the slot
 tests:
@@ -70,6 +71,10 @@ def check_options(options: dict) -> None:
             raise ConfigError(f"{where}.judge: unknown judge {v['judge']!r}; choose one of {', '.join(judges)}")
         if v.get("max_pairs") is not None and (not isinstance(v["max_pairs"], int) or v["max_pairs"] < 1):
             raise ConfigError(f"{where}.max_pairs: {v['max_pairs']!r} must be a whole number >= 1 or null")
+    pairs = options.get("pairs")
+    if pairs is not None and not isinstance(pairs, (str, dict)):
+        raise ConfigError(f"study.analysis_options.pairs: {pairs!r} must be a JSONL path (builtin:<file> or a local "
+                          "file) or an audit.data mapping (hf_dataset, split, mapping; see conf/audit.yaml)")
     for key in ("limit_per_criterion", "few_shot_examples", "invariance_pairs"):
         val = options.get(key)
         if val is not None and (not isinstance(val, int) or val < 0):
@@ -165,7 +170,8 @@ def labeler_audit(cfg: DictConfig, data: StudyData, out: Path, options: dict) ->
     from rlaif.models import ModelPool
 
     check_options(options)
-    rows = load_labelled_pairs({"path": options.get("pairs") or "builtin:audit/pairs.jsonl"})
+    pairs = options.get("pairs") or "builtin:audit/pairs.jsonl"
+    rows = load_labelled_pairs(pairs if isinstance(pairs, dict) else {"path": pairs})
     scored, examples = select_pairs(rows, options.get("criteria"), options.get("limit_per_criterion"),
                                     int(options.get("few_shot_examples") or 0))
     if not scored:
