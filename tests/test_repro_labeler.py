@@ -235,3 +235,90 @@ def test_labeler_configs_compose_and_validate(experiment):
     kinds = {n: (m.judge.kind, m.optimizer.reward_source) for n, (_, m) in members.items()}
     assert kinds == {"distilled": ("pairwise", "reward_model"), "direct": ("pointwise", "judge")}
     assert cfg.reproduction.check == "rlaif_labeler" and cfg.reproduction.name == "rlaif_labeler"
+
+
+# ---------------------------------------------------------------------------------------------
+# alpacafarm_pool: the check on synthetic metrics, the pool's label flips on the tiny model
+
+
+def _method(name, pool, gold, flip=0.25):
+    return RunRecord(path=Path("/nonexistent") / name, name=name, config={"judge.flip_rate": flip},
+                     summary={"eval/win_rate": pool, "eval/heldout_win_rate": gold})
+
+
+AF = {"methods": ["best_of_n", "dpo", "ppo"], "min_spearman": 0.98, "flip_rate": 0.25}
+
+
+def _af(pool, gold, flips=(0.25, 0.25, 0.25)):
+    names = AF["methods"]
+    return StudyData(runs={n: _method(n, p, g, f) for n, p, g, f in zip(names, pool, gold, flips, strict=True)})
+
+
+def test_alpacafarm_check_passes_on_the_same_ranking():
+    res = run_check("alpacafarm_pool", _af([0.6, 0.55, 0.7], [0.52, 0.51, 0.58]), AF)
+    assert res.passed, res.lines()
+    assert res.values["pool_ranking"] == res.values["gold_ranking"] == ["ppo", "best_of_n", "dpo"]
+    assert _crit(res, "ranking_spearman").measured == 1.0
+
+
+@pytest.mark.parametrize("study, failing", [
+    (_af([0.6, 0.55, 0.7], [0.51, 0.52, 0.58]), "ranking_spearman"),  # one adjacent swap: rho 0.5
+    (_af([0.6, 0.55, 0.7], [0.58, 0.52, 0.51]), "ranking_spearman"),  # reversed
+    (_af([0.6, 0.6, 0.6], [0.5, 0.52, 0.58]), "ranking_spearman"),  # the pool cannot rank them
+    (_af([0.6, 0.55, 0.7], [0.52, 0.51, 0.58], flips=(0.25, 0.0, 0.25)), "pool_is_noisy"),
+])
+def test_alpacafarm_check_fails(study, failing):
+    res = run_check("alpacafarm_pool", study, AF)
+    assert not res.passed and not _crit(res, failing).passed
+    assert [c.name for c in res.criteria if not c.passed] == [failing]
+
+
+def test_alpacafarm_check_with_a_missing_method_fails_saying_which():
+    study = _af([0.6, 0.55, 0.7], [0.52, 0.51, 0.58])
+    del study.runs["ppo"]
+    res = run_check("alpacafarm_pool", study, AF)
+    assert not res.passed
+    assert "ppo" in _crit(res, "methods_measured").why and not _crit(res, "ranking_spearman").passed
+
+
+def test_panel_flip_rate_flips_a_seeded_share_of_labels(sharp_model):
+    from rlaif.judges import PanelJudge
+    from rlaif.judges.base import rank_by_pairs
+    from rlaif.types import Candidate
+
+    crit = load_criterion("positive_sentiment")
+    pool = ModelPool()
+    members = [{"_target_": "rlaif.judges.PairwiseJudge"}]
+    clean = PanelJudge(crit, members, "mean", pool=pool, model=sharp_model, dtype="float32")
+    noisy = PanelJudge(crit, members, "mean", pool=pool, model=sharp_model, dtype="float32", flip_rate=0.25, flip_seed=1)
+    n = 40
+    prompts, a, b = _prompts(n), [f"good {i}" for i in range(n)], [f"bad film {i}" for i in range(n)]
+    c, d = clean.compare(prompts, a, b), noisy.compare(prompts, a, b)
+    flipped = list(noisy.last_flipped)
+    assert 0.1 < sum(flipped) / n < 0.4  # about a quarter
+    for (f0, s0), (f1, s1), flip in zip(c, d, flipped, strict=True):
+        assert (f1, s1) == ((pytest.approx(1 - f0), pytest.approx(1 - s0)) if flip else (f0, s0))
+    noisy.compare(prompts, b, a)  # the other presentation flips the same comparisons
+    assert noisy.last_flipped == flipped
+    assert "flip=0.25" in noisy.name and not clean.last_flipped[0]
+    cands = [Candidate("0", i, t, 3, True, "m") for i, t in enumerate(["good", "bad", "fine", "dull"])]
+    _, verdicts = rank_by_pairs(noisy, prompts[:1], cands)
+    assert [v.details.get("flipped", False) for v in verdicts] == noisy.last_flipped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["paper/rlaif_labeler_cpu", "paper/alpacafarm_pool_cpu"])
+def test_cpu_study_runs_end_to_end_on_the_tiny_model(experiment, tiny_model, tmp_path):
+    from rlaif.reproductions.study import run_study
+
+    overrides = [f"experiment={experiment}", f"policy.model={tiny_model}", f"cache.dir={tmp_path / 'cache'}",
+                 "data.num_train=6", "data.num_eval=3", "generator.dtype=float32", "judge.dtype=float32",
+                 "evaluation.samples_per_prompt=2", "tracker=none"]
+    if experiment == "paper/rlaif_labeler_cpu":
+        overrides += ["study.analysis_options.limit_per_criterion=4", "study.analysis_options.variants.cot.max_pairs=2",
+                      "optimizer.batch_size=4"]
+    cfg = compose_config(overrides)
+    summary = run_study(cfg, tmp_path / "study", overrides)
+    assert summary["study/failed"] == []
+    assert isinstance(summary["reproduction/passed"], bool)
+    assert (tmp_path / "study" / "reproduction.md").is_file()
