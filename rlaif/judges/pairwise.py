@@ -4,6 +4,12 @@ The judge sees the prompt and two responses and is asked which is better; P(firs
 softmax over the log-probs of the two answer tokens. Every comparison is scored in both orders
 with the texts really swapped, and the two are averaged. Small models often pick a slot rather
 than a response: the both-order probabilities are kept so diagnostics can show it.
+
+Prompt variants (Lee et al. §3.3, Table 2), as options: ``detailed`` adds the criterion's
+description and an explicit rubric to the question ("Detailed" preamble); ``few_shot`` prepends
+the criterion's examples when it has them; ``chain_of_thought`` first generates a short rationale
+for each ordering (greedy), then reads P("1") vs P("2") after it (the paper's two-step CoT: the
+rationale is appended and the answer's probabilities are scored, not parsed).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pydantic import Field
 from rlaif.backends import make_backend
 from rlaif.criteria import Criterion
 from rlaif.judges.base import Judge, LanguageJudgeOptions, Seed, rank_by_pairs, with_given
-from rlaif.options import Fraction
+from rlaif.options import Count, Fraction
 from rlaif.types import Prompt
 
 TEMPLATE = (
@@ -28,6 +34,10 @@ TEMPLATE = (
     "Response 2:\n{second}\n\n"
     "Answer with a single digit, 1 or 2."
 )
+DETAILED = ("{question}\n\nWhat makes a response better here: {description} Judge only what the two responses "
+            "say against this standard; the order in which they are shown and their length do not matter.")
+COT_ASK = "Before answering, explain in one or two sentences which response is better and why."
+COT_ANSWER = "So, which response is better? Answer with a single digit, 1 or 2."
 
 
 class PairwiseOptions(LanguageJudgeOptions):
@@ -39,6 +49,10 @@ class PairwiseOptions(LanguageJudgeOptions):
     swap_fraction: Fraction
     parse_fallback: bool
     seed: Seed
+    few_shot: bool
+    detailed: bool
+    chain_of_thought: bool
+    cot_max_new_tokens: Count
 
 
 class PairwiseJudge(Judge):
@@ -59,6 +73,10 @@ class PairwiseJudge(Judge):
         self.question = criterion.get("pairwise.question")
         self.answer_tokens = tuple(o.answer_tokens)
         self.swap_fraction, self.parse_fallback, self.seed = o.swap_fraction, o.parse_fallback, o.seed
+        if o.detailed:
+            self.question = DETAILED.format(question=self.question, description=criterion.description or "")
+        self.few_shot = criterion.few_shot_text() if o.few_shot else ""
+        self.chain_of_thought, self.cot_max_new_tokens = o.chain_of_thought, o.cot_max_new_tokens
         self.last_swapped: list[bool] = []
         self.last_details: list[dict] = []
 
@@ -76,9 +94,16 @@ class PairwiseJudge(Judge):
         """The judge's chat for one ordering (exposed so tests can check the swap)."""
         task = prompt.messages[-1]["content"] if prompt.messages else prompt.text
         question = self.principle(prompt, first, second) or self.question
-        content = TEMPLATE.format(few_shot=self.criterion.few_shot_text(), question=question, prompt=task,
-                                  first=first, second=second)
+        content = TEMPLATE.format(few_shot=self.few_shot, question=question, prompt=task, first=first, second=second)
+        if self.chain_of_thought:
+            content = content.rsplit("\n\n", 1)[0] + "\n\n" + COT_ASK
         return [{"role": "user", "content": content}]
+
+    def _with_rationales(self, chats: list[list[dict]]) -> tuple[list[list[dict]], list[str | None]]:
+        """Chain of thought: each chat's greedy rationale, then the question asked again after it."""
+        rationales = self.backend.generate(chats, max_new_tokens=self.cot_max_new_tokens, temperature=0.0)
+        return [c + [{"role": "assistant", "content": r or ""}, {"role": "user", "content": COT_ANSWER}]
+                for c, r in zip(chats, rationales, strict=True)], rationales
 
     def _judge_swapped(self, prompt: Prompt, x: str, y: str) -> bool:
         """Whether this pair is judged in both orders: all pairs, or a seeded, stable fraction."""
@@ -96,6 +121,9 @@ class PairwiseJudge(Judge):
             if both:
                 chats.append(self.render(p, y, x))  # a in slot 2 (texts swapped)
             where.append((i, len(chats) - 1 if both else None))
+        rationales: list[str | None] = []
+        if self.chain_of_thought:
+            chats, rationales = self._with_rationales(chats)
         logps = self.backend.next_token_logprobs(chats, list(self.answer_tokens))
         raw: dict[int, str | None] = {}
         missing = [i for i, lp in enumerate(logps) if all(x is None for x in lp)]
@@ -113,6 +141,8 @@ class PairwiseJudge(Judge):
             second = _softmax_first(logps[j]) if j is not None else None
             out.append((first, None if second is None else 1.0 - second))
             det = {f"raw_{n}": raw[k] for n, k in (("first", i), ("second", j)) if k is not None and k in raw}
+            if rationales:
+                det.update({f"rationale_{n}": rationales[k] for n, k in (("first", i), ("second", j)) if k is not None})
             self.last_details.append(det)
         for det, p, x, y in zip(self.last_details, prompts, a, b, strict=True):
             principle = self.principle(p, x, y)

@@ -17,13 +17,21 @@ panel is invalid only when all members are):
 * ``majority``: each member votes for a (p > 0.5) or b (p < 0.5) or abstains (p = 0.5); the panel
   gives 1, 0, or 0.5 on a tie; ``weights``, when given, weight the votes.
 
+Simulated annotator noise (AlpacaFarm, Dubois et al. 2023: 25% of the pool's labels flipped):
+``flip_rate`` flips the panel's preference, p -> 1 - p in both orders, on a seeded share of the
+comparisons. Which comparisons flip is decided by hashing (``flip_seed``, the prompt, the
+unordered pair of texts), so both orders, reruns and resumed runs flip the same ones; each
+verdict records ``flipped`` in its details and ``last_flipped`` holds the last call's decisions.
+
 Per-member preferences of the last call are kept in ``last_member_prefs`` (member name -> list
 aligned with the items, or with the verdicts of the last ``rank``) for inter-judge agreement.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import math
 from typing import Any, ClassVar, Literal, get_args
 
@@ -31,8 +39,8 @@ from omegaconf import OmegaConf
 from pydantic import model_validator
 
 from rlaif.criteria import Criterion, weighted_criteria
-from rlaif.judges.base import Judge, LanguageJudgeOptions, rank_by_pairs, with_given
-from rlaif.options import NonNegative
+from rlaif.judges.base import Judge, LanguageJudgeOptions, Seed, rank_by_pairs, with_given
+from rlaif.options import Fraction, NonNegative
 from rlaif.types import Prompt
 
 Aggregation = Literal["mean", "weights", "majority"]
@@ -132,6 +140,8 @@ class PanelOptions(LanguageJudgeOptions):
     aggregation: Aggregation
     weights: list[NonNegative] | None  # one per member (aggregation: weights or majority)
     members: list[Any]  # member judge configs (with _target_) or ready judges
+    flip_rate: Fraction  # share of comparisons whose aggregated preference is flipped (simulated annotator noise)
+    flip_seed: Seed
 
     @model_validator(mode="after")
     def _weights(self):
@@ -175,10 +185,21 @@ class PanelJudge(Judge):
         self.last_member_prefs: dict[str, list[float | None]] = {}
         self.last_member_results: dict[str, list[tuple[float | None, float | None]]] = {}
         self.verdict_details: list[dict] = []
+        self.flip_rate, self.flip_seed = o.flip_rate, o.flip_seed
+        self.last_flipped: list[bool] = []
+        self.last_details: list[dict] = []
 
     @property
     def name(self) -> str:
-        return self._name or f"panel:{self.aggregation}({','.join(self.members)})"
+        noise = f",flip={self.flip_rate:g}" if self.flip_rate > 0 else ""
+        return self._name or f"panel:{self.aggregation}({','.join(self.members)}{noise})"
+
+    def flipped(self, prompt: Prompt, x: str, y: str) -> bool:
+        """Whether this comparison's label is flipped: seeded by content, the same in both orders."""
+        if self.flip_rate <= 0:
+            return False
+        key = json.dumps([self.flip_seed, prompt.messages, sorted([x, y])], sort_keys=True).encode()
+        return int(hashlib.sha256(key).hexdigest()[:8], 16) / 0xFFFFFFFF < self.flip_rate
 
     @property
     def identity(self) -> str:
@@ -193,6 +214,10 @@ class PanelJudge(Judge):
             first = aggregate([r[k][0] for r in results.values()], self.weights, self.aggregation)
             second = aggregate([r[k][1] for r in results.values()], self.weights, self.aggregation)
             out.append((first, second))
+        self.last_flipped = [self.flipped(p, x, y) for p, x, y in zip(prompts, a, b, strict=True)]
+        out = [(None if f is None else 1.0 - f, None if s is None else 1.0 - s) if flip else (f, s)
+               for (f, s), flip in zip(out, self.last_flipped, strict=True)]
+        self.last_details = [{"flipped": True} if flip else {} for flip in self.last_flipped]
         return out
 
     def rank(self, prompts, candidates):

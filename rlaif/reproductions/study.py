@@ -213,6 +213,23 @@ def _analysis(cfg: DictConfig, data: StudyData, out: Path) -> dict[str, Any]:
     return values
 
 
+def check_analysis_options(cfg: DictConfig) -> None:
+    """The analysis module's own ``check_options(options)``, where it has one: bad analysis options
+    then fail with the members' config errors, before any model loads."""
+    spec = OmegaConf.select(cfg, "study.analysis")
+    if not spec:
+        return
+    module, fn = spec.split(":", 1)
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"study.analysis: cannot import {module!r} ({e})") from e
+    if not hasattr(mod, fn):
+        raise ConfigError(f"study.analysis: {module!r} has no function {fn!r}")
+    if hasattr(mod, "check_options"):
+        mod.check_options(OmegaConf.to_container(cfg.study.analysis_options, resolve=True))
+
+
 def _read_hash(path: Path) -> str | None:
     try:
         return json.loads((path / "study_member.json").read_text()).get("config_hash")
@@ -234,6 +251,7 @@ def run_study(cfg: DictConfig, out: str | Path, overrides: list[str]) -> dict[st
     repro = OmegaConf.to_container(cfg.reproduction, resolve=True) if cfg.get("reproduction") else {}
     if not repro.get("check"):
         raise ConfigError("reproduction.check: a study needs a check (one of " + ", ".join(sorted(CHECKS)) + ")")
+    check_analysis_options(cfg)
     out.mkdir(parents=True, exist_ok=True)
     members = member_configs(cfg, overrides, group=f"{repro.get('name')}-{out.resolve().name}")
     check_analysis(cfg)
