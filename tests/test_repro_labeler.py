@@ -19,7 +19,7 @@ from rlaif.models import ModelPool
 from rlaif.reproductions.checks import CHECKS, StudyData, run_check
 from rlaif.reproductions.checks.rlaif_labeler import mcnemar_p, wilson
 from rlaif.reproductions.rlaif_labeler import check_options, counts, labeler_audit, select_pairs
-from rlaif.reproductions.study import check_analysis_options, member_configs
+from rlaif.reproductions.study import check_analysis, member_configs
 from rlaif.types import Prompt
 
 # ---------------------------------------------------------------------------------------------
@@ -151,10 +151,10 @@ def test_bad_analysis_options_name_the_key(options, key):
 def test_bad_analysis_options_fail_before_any_member_runs():
     cfg = compose_config(["experiment=paper/rlaif_labeler_cpu", "study.analysis_options.variants.base.judge=nope"])
     with pytest.raises(ConfigError, match="variants.base.judge"):
-        check_analysis_options(cfg)
+        check_analysis(cfg)
     cfg = compose_config(["experiment=paper/rlaif_labeler_cpu", "study.analysis=rlaif.reproductions.rlaif_labeler:nope"])
     with pytest.raises(ConfigError, match="no function 'nope'"):
-        check_analysis_options(cfg)
+        check_analysis(cfg)
 
 
 def test_few_shot_examples_are_never_scored():
@@ -230,7 +230,7 @@ def test_labeler_audit_on_the_tiny_model(sharp_model, tmp_path):
 def test_labeler_configs_compose_and_validate(experiment):
     cfg = compose_config([f"experiment={experiment}"])
     validate(cfg)
-    check_analysis_options(cfg)
+    check_analysis(cfg)
     members = member_configs(cfg, [f"experiment={experiment}"])
     kinds = {n: (m.judge.kind, m.optimizer.reward_source) for n, (_, m) in members.items()}
     assert kinds == {"distilled": ("pairwise", "reward_model"), "direct": ("pointwise", "judge")}

@@ -168,21 +168,27 @@ def _finished(folder: Path, key: str) -> bool:
 
 
 def check_analysis(cfg: DictConfig) -> None:
-    """``study.analysis`` names a function that imports, and its options pass the function's own
-    ``validate_options`` (an attribute of the function, where it has one): before any member runs."""
+    """``study.analysis`` names a function that imports, and its options pass the analysis's own
+    check: the function's ``validate_options`` attribute or its module's ``check_options``, where
+    there is one. Runs before any member, so bad analysis options fail before any model loads."""
     spec = OmegaConf.select(cfg, "study.analysis")
     if not spec:
         return
     module, fn = spec.split(":", 1)
     try:
-        func = getattr(importlib.import_module(module), fn)
-    except (ImportError, AttributeError) as e:
+        mod = importlib.import_module(module)
+    except ImportError as e:
         raise ConfigError(f"study.analysis: cannot load {spec!r} ({type(e).__name__}: {e}); give 'module:function' "
                           "of an importable module") from e
-    check = getattr(func, "validate_options", None)
+    func = getattr(mod, fn, None)
+    if func is None:
+        raise ConfigError(f"study.analysis: cannot load {spec!r}: {module!r} has no function {fn!r}")
+    check = getattr(func, "validate_options", None) or getattr(mod, "check_options", None)
     if check is not None:
         try:
             check(OmegaConf.to_container(cfg.study.analysis_options, resolve=True))
+        except ConfigError:
+            raise
         except (ValueError, TypeError) as e:
             raise ConfigError(f"Invalid study.analysis_options for {spec}: {e}") from e
 
@@ -213,23 +219,6 @@ def _analysis(cfg: DictConfig, data: StudyData, out: Path) -> dict[str, Any]:
     return values
 
 
-def check_analysis_options(cfg: DictConfig) -> None:
-    """The analysis module's own ``check_options(options)``, where it has one: bad analysis options
-    then fail with the members' config errors, before any model loads."""
-    spec = OmegaConf.select(cfg, "study.analysis")
-    if not spec:
-        return
-    module, fn = spec.split(":", 1)
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        raise ConfigError(f"study.analysis: cannot import {module!r} ({e})") from e
-    if not hasattr(mod, fn):
-        raise ConfigError(f"study.analysis: {module!r} has no function {fn!r}")
-    if hasattr(mod, "check_options"):
-        mod.check_options(OmegaConf.to_container(cfg.study.analysis_options, resolve=True))
-
-
 def _read_hash(path: Path) -> str | None:
     try:
         return json.loads((path / "study_member.json").read_text()).get("config_hash")
@@ -251,10 +240,9 @@ def run_study(cfg: DictConfig, out: str | Path, overrides: list[str]) -> dict[st
     repro = OmegaConf.to_container(cfg.reproduction, resolve=True) if cfg.get("reproduction") else {}
     if not repro.get("check"):
         raise ConfigError("reproduction.check: a study needs a check (one of " + ", ".join(sorted(CHECKS)) + ")")
-    check_analysis_options(cfg)
+    check_analysis(cfg)
     out.mkdir(parents=True, exist_ok=True)
     members = member_configs(cfg, overrides, group=f"{repro.get('name')}-{out.resolve().name}")
-    check_analysis(cfg)
     runs_dir = out / "runs"
     failed: dict[str, str] = {}
     print(f"rlaif: study {repro.get('name')} ({repro.get('scale') or 'n/a'} scale): {len(members)} runs into "
