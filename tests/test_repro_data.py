@@ -224,6 +224,10 @@ def test_labelled_pairs_are_read_by_rlaif_audit(tmp_path):
     assert [(r["prompt"], r["chosen"], r["rejected"], r["criterion"]) for r in audit] == \
         [(r["prompt"], r["chosen"], r["rejected"], "harmlessness") for r in rows]
     assert len(load_pairs(str(tmp_path / "hh.jsonl"), "hh_rlhf", limit=2)) == 2
+    direct = load_labelled_pairs({"path": str(tmp_path / "hh.jsonl"), "format": "hh_rlhf", "criterion": "harmlessness",
+                                  "split": "train", "limit": 3})  # audit.data.format: the layout read in place
+    assert [(r["prompt"], r["chosen"], r["criterion"]) for r in direct] == \
+        [(r["prompt"], r["chosen"], "harmlessness") for r in rows[:3]]
     tldr = load_pairs(_jsonl(tmp_path / "tldr.jsonl", TLDR), "tldr")
     assert len(tldr) == 5 and len({r["id"] for r in tldr}) == 5
     with pytest.raises(PromptFileError, match="has no labelled pairs"):
