@@ -1,5 +1,6 @@
 """One experiment run, top to bottom: prompts -> generate -> judge -> preferences ->
-diagnostics / gate -> train -> evaluate -> summary.
+diagnostics / gate -> train -> evaluate -> summary. With ``preferences.source=data`` the pairs
+are the dataset's own labelled pairs, and generate and judge do not run.
 
 ``run(cfg)`` is what the CLI, tests and sweepers call; it returns the summary metrics. Each step
 is a stage under rlaif/stages/ that declares the inputs its output depends on; the runner

@@ -96,6 +96,17 @@ def test_hh_rlhf_transcripts_become_dialogue_prompts_and_pairs(tmp_path):
     assert stats["data/prompts_in_file"] == 5
 
 
+def test_hh_rlhf_merges_two_turns_of_one_speaker(tmp_path):
+    row = {"chosen": "Human: Hello.\n\nHuman: Are you there?\n\nAssistant: Yes.\n\nAssistant: How can I help?",
+           "rejected": "\n\nHuman: Hello.\n\nHuman: Are you there?\n\nAssistant: No."}  # no leading newlines: read too
+    with pytest.raises(PromptFileError, match="must start with a Human turn and end with an Assistant turn"):
+        _load(_jsonl(tmp_path / "bad.jsonl", [{"chosen": row["chosen"] + "\n\nHuman: ok", "rejected": row["rejected"]}]),
+              "hh_rlhf", num_train=1)
+    prompts, pairs, _ = _load(_jsonl(tmp_path / "hh.jsonl", [row]), "hh_rlhf", num_train=1)
+    assert prompts[0].messages == [{"role": "user", "content": "Hello.\n\nAre you there?"}]
+    assert (pairs[0]["chosen"], pairs[0]["rejected"]) == ("Yes.\n\nHow can I help?", "No.")
+
+
 def test_tldr_groups_comparisons_of_one_post_and_follows_choice(tmp_path):
     prompts, pairs, stats = _load(_jsonl(tmp_path / "tldr.jsonl", TLDR), "tldr", num_train=4, num_eval=0,
                                   template="Summarize:\n{text}\nTL;DR:")

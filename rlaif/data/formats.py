@@ -19,7 +19,8 @@ hh_rlhf        Anthropic/hh-rlhf                       ``chosen``, ``rejected``:
                                                        ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``;
                                                        prompt = every turn before the last
                                                        assistant turn (of ``chosen``), pair =
-                                                       the two last assistant turns
+                                                       the two last assistant turns (two turns
+                                                       of one speaker in a row are joined)
 tldr           openai/summarize_from_feedback          ``info{post|article, title, subreddit}``,
                (``comparisons``)                       ``summaries[{text}]`` (two), ``choice``
                                                        (0/1, the human's pick); prompt = the
@@ -139,8 +140,13 @@ def _hh_turns(transcript: str, r: Row, name: str) -> list[dict[str, str]]:
     if parts[0].strip() or len(parts) < 5:
         raise r.fail(f"the '{name}' field is not an hh-rlhf transcript: it must be '\\n\\nHuman: ...\\n\\nAssistant: ...' "
                      f"with at least one Human and one Assistant turn (it starts {transcript[:60]!r})")
-    turns = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
-             for who, text in zip(parts[1::2], parts[2::2], strict=True)]
+    turns: list[dict[str, str]] = []
+    for who, text in zip(parts[1::2], parts[2::2], strict=True):
+        role = "user" if who == "Human" else "assistant"
+        if turns and turns[-1]["role"] == role:  # two turns of one speaker in a row (a few rows have them): one turn
+            turns[-1]["content"] = f"{turns[-1]['content']}\n\n{text.strip()}".strip()
+        else:
+            turns.append({"role": role, "content": text.strip()})
     if turns[0]["role"] != "user" or turns[-1]["role"] != "assistant":
         raise r.fail(f"the '{name}' transcript must start with a Human turn and end with an Assistant turn")
     return turns
@@ -149,9 +155,8 @@ def _hh_turns(transcript: str, r: Row, name: str) -> list[dict[str, str]]:
 def _hh_rlhf(row: dict, r: Row) -> Item:
     chosen = _hh_turns(r.text("chosen"), r, "chosen")
     rejected = _hh_turns(r.text("rejected"), r, "rejected")
-    prompt = chosen[:-1]
-    last_user = max(i for i, m in enumerate(prompt) if m["role"] == "user")
-    return Item(text=prompt[last_user]["content"], history=prompt[:last_user], chosen=chosen[-1]["content"],
+    prompt = chosen[:-1]  # alternating turns that end with the assistant's: the prompt ends with a user turn
+    return Item(text=prompt[-1]["content"], history=prompt[:-1], chosen=chosen[-1]["content"],
                 rejected=rejected[-1]["content"], mismatch=rejected[:-1] != prompt)
 
 
@@ -189,8 +194,8 @@ def _messages(r: Row, name: str) -> list[dict[str, str]]:
         role = r.text("role", within=m, label=f"{name}[{i}].role")
         content = r.text("content", within=m, label=f"{name}[{i}].content")
         out.append({"role": role, "content": content.strip()})
-    if len(out) < 2 or out[-1]["role"] != "assistant" or not any(m["role"] == "user" for m in out[:-1]):
-        raise r.fail(f"'{name}' must be a message list with a user turn and ending in the assistant's response "
+    if len(out) < 2 or out[-1]["role"] != "assistant" or out[-2]["role"] != "user":
+        raise r.fail(f"'{name}' must be a message list ending in a user turn and the assistant's response to it "
                      f"(roles: {', '.join(m['role'] for m in out) or 'none'})")
     return out
 
@@ -198,10 +203,9 @@ def _messages(r: Row, name: str) -> list[dict[str, str]]:
 def _ultrafeedback(row: dict, r: Row) -> Item:
     r.text("prompt")
     chosen, rejected = _messages(r, "chosen"), _messages(r, "rejected")
-    prompt = chosen[:-1]
-    last_user = max(i for i, m in enumerate(prompt) if m["role"] == "user")
+    prompt = chosen[:-1]  # ends with the user turn the responses answer
     pid = row.get("prompt_id")
-    return Item(text=prompt[last_user]["content"], history=prompt[:last_user], chosen=chosen[-1]["content"],
+    return Item(text=prompt[-1]["content"], history=prompt[:-1], chosen=chosen[-1]["content"],
                 rejected=rejected[-1]["content"], chosen_score=r.score("score_chosen"),
                 rejected_score=r.score("score_rejected"), id=pid if isinstance(pid, str) and pid else None,
                 mismatch=rejected[:-1] != prompt)
