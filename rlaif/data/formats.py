@@ -87,7 +87,7 @@ class Format:
     name: str
     dataset: str  # the hub dataset of this layout
     fields: tuple[str, ...]  # what every row must have
-    parse: Callable[[dict, Row], Item]
+    parse: Callable[[Row, DatasetSpec], Item]
     pairs: bool  # rows carry labelled pairs
 
 
@@ -109,11 +109,10 @@ class Row:
         label = label or name
         if name not in obj:
             have = ", ".join(map(str, obj)) or "none"
-            return_msg = f"no '{label}' field; {'this row' if within is None else 'it'} has: {have}"
-            raise self.fail(return_msg)
+            raise self.fail(f"no '{label}' field; {'this row' if within is None else 'it'} has: {have}")
         v = obj[name]
         if isinstance(v, bool) and kind is not bool or not isinstance(v, kind):
-            want = {str: "a string", dict: "an object", list: "a list", int: "an integer"}
+            want = {str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number"}
             names = [want.get(k, k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,))]
             raise self.fail(f"the '{label}' field is {_kind(v)}, expected {' or '.join(names)}")
         return v
@@ -152,7 +151,7 @@ def _hh_turns(transcript: str, r: Row, name: str) -> list[dict[str, str]]:
     return turns
 
 
-def _hh_rlhf(row: dict, r: Row) -> Item:
+def _hh_rlhf(r: Row, spec: DatasetSpec) -> Item:
     chosen = _hh_turns(r.text("chosen"), r, "chosen")
     rejected = _hh_turns(r.text("rejected"), r, "rejected")
     prompt = chosen[:-1]  # alternating turns that end with the assistant's: the prompt ends with a user turn
@@ -160,7 +159,7 @@ def _hh_rlhf(row: dict, r: Row) -> Item:
                 rejected=rejected[-1]["content"], mismatch=rejected[:-1] != prompt)
 
 
-def _tldr(row: dict, r: Row) -> Item:
+def _tldr(r: Row, spec: DatasetSpec) -> Item:
     info = r.get("info", dict)
     body = info.get("post") if info.get("post") is not None else info.get("article")
     if not isinstance(body, str) or not body.strip():
@@ -200,11 +199,11 @@ def _messages(r: Row, name: str) -> list[dict[str, str]]:
     return out
 
 
-def _ultrafeedback(row: dict, r: Row) -> Item:
+def _ultrafeedback(r: Row, spec: DatasetSpec) -> Item:
     r.text("prompt")
     chosen, rejected = _messages(r, "chosen"), _messages(r, "rejected")
     prompt = chosen[:-1]  # ends with the user turn the responses answer
-    pid = row.get("prompt_id")
+    pid = r.row.get("prompt_id")
     return Item(text=prompt[-1]["content"], history=prompt[:-1], chosen=chosen[-1]["content"],
                 rejected=rejected[-1]["content"], chosen_score=r.score("score_chosen"),
                 rejected_score=r.score("score_rejected"), id=pid if isinstance(pid, str) and pid else None,
@@ -214,12 +213,12 @@ def _ultrafeedback(row: dict, r: Row) -> Item:
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
-def _imdb(row: dict, r: Row, words: tuple[int, int] = (2, 8), seed: int = 0) -> Item:
+def _imdb(r: Row, spec: DatasetSpec) -> Item:
     review = _BREAK.sub(" ", r.text("text")).split()
     r.get("label", int)
     if not review:
         raise r.fail("the 'text' field (the review) is empty")
-    k = random.Random(f"{seed}-{r.index}").randint(*words)  # per row: the same opening whatever else is read
+    k = random.Random(f"{spec.split_seed}-{r.index}").randint(*map(int, spec.prefix_words))  # per row: the same opening whatever else is read
     return Item(text=" ".join(review[:k]))
 
 
@@ -347,7 +346,6 @@ def read_items(spec: DatasetSpec) -> Iterator[tuple[str, Item]]:
     if spec.format not in FORMATS:
         raise PromptFileError(f"data.format={spec.format!r} is not one of {', '.join(DATA_FORMATS)}")
     fmt = FORMATS[spec.format]
-    lo, hi = spec.prefix_words
     for i, (where, row) in enumerate(iter_rows(spec.path, spec.format, spec.split, spec.hf_name, spec.hf_data_dir)):
         r = Row(row, where, spec.format, i)
         missing = [f for f in fmt.fields if f not in row]
@@ -355,7 +353,7 @@ def read_items(spec: DatasetSpec) -> Iterator[tuple[str, Item]]:
             raise r.fail(f"no {', '.join(repr(f) for f in missing)} field{'s' if len(missing) > 1 else ''}; "
                          f"{fmt.name} rows have {', '.join(fmt.fields)}; this row has: "
                          f"{', '.join(map(str, row)) or 'none'}")
-        item = _imdb(row, r, (int(lo), int(hi)), spec.split_seed) if fmt.name == "imdb" else fmt.parse(row, r)
+        item = fmt.parse(r, spec)
         if not item.text.strip():
             raise r.fail("the prompt (its last user turn) is empty")
         yield where, item
