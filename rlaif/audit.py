@@ -1,8 +1,9 @@
 """Judge audit: how far can a judge be trusted on labelled pairs?
 
 ``rlaif-audit`` runs one or more judge configs (``audit.judges``) over labelled pairs (a JSONL
-file with prompt / chosen / rejected / optional criterion, or a Hugging Face dataset through a
-documented mapping), under each pair's criterion, and reports per judge and criterion: accuracy
+file with prompt / chosen / rejected / optional criterion, a dataset in one of the layouts of
+rlaif/data/formats.py with ``audit.data.format`` -- hh_rlhf, tldr, ultrafeedback -- from the hub or
+a local copy, or a Hugging Face dataset through a documented mapping), under each pair's criterion, and reports per judge and criterion: accuracy
 and Cohen's kappa against the labels (ties excluded, and with inconsistent verdicts as ties),
 position consistency and same-slot rate (comparative judges), P(prefer longer), accuracy split by
 whether the better response is the longer one, calibration, and the verbosity, injection and
@@ -57,6 +58,11 @@ HF_MAPPINGS = {
 def load_labelled_pairs(source: DictConfig | dict) -> list[dict[str, Any]]:
     """Rows with prompt, chosen, rejected, criterion (may be None), id, from a file or a hub dataset."""
     src = OmegaConf.to_container(source, resolve=True) if isinstance(source, DictConfig) else dict(source)
+    if src.get("path") and src.get("format"):  # a hub dataset's layout (rlaif/data/formats.py), hub or local copy
+        from rlaif.data import load_pairs
+
+        return load_pairs(src["path"], src["format"], split=src.get("split") or "train", criterion=src.get("criterion"),
+                          limit=src.get("limit"), hf_name=src.get("hf_name"), hf_data_dir=src.get("hf_data_dir"))
     if src.get("path"):
         path = resolve_path(src["path"])
         if not path.exists():

@@ -214,6 +214,7 @@ def validate(cfg: DictConfig) -> None:
     _check_optimizer(c)
     _check_budget(c)
     _check_gate(c)
+    _check_data_pairs(c)
     if c.errors:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(c.errors))
 
@@ -273,6 +274,32 @@ def _check_budget(c: _Checker) -> None:
             c.errors.append(f"{key}: expected null, a positive int, or 'offline' (what the offline labelling spent), got {v!r}")
     if c.get("budget.judge_calls") is not None and c.get("budget.generated_tokens") is not None:
         c.errors.append("budget: set judge_calls or generated_tokens, not both")
+
+
+def _check_data_pairs(c: _Checker) -> None:
+    """``preferences.source=data``: the dataset must have labelled pairs and the optimizer must train on pairs."""
+    from hydra.utils import get_class
+
+    from rlaif.data.formats import FORMATS
+
+    if c.get("preferences.source") != "data":
+        return
+    fmt = c.get("data.format")
+    with_pairs = [n for n, f in FORMATS.items() if f.pairs]
+    if fmt not in with_pairs:
+        c.errors.append(f"preferences.source=data trains on the dataset's labelled pairs, but data.format={fmt} has "
+                        f"none; use a data.format with pairs ({', '.join(with_pairs)}) or preferences.source=judge")
+    try:
+        cls = get_class(c.get("optimizer._target_"))
+    except Exception:  # noqa: BLE001 - reported by component_problems
+        cls = None
+    if cls is not None and not (getattr(cls, "needs_pairs", False) and not getattr(cls, "needs_reward", False)):
+        c.errors.append(f"preferences.source=data gives fixed pairs, which optimizer={c.get('optimizer.name')} does "
+                        "not train on (it samples or rates its own responses); use optimizer=dpo, or "
+                        "preferences.source=judge")
+    if c.get("diagnostics.enabled"):
+        c.errors.append("preferences.source=data: the judge diagnostics read the judge's verdicts on sampled "
+                        "candidates, and none are made; set diagnostics=none")
 
 
 def _check_gate(c: _Checker) -> None:

@@ -1,5 +1,6 @@
 """One experiment run, top to bottom: prompts -> generate -> judge -> preferences ->
-diagnostics / gate -> train -> evaluate -> summary.
+diagnostics / gate -> train -> evaluate -> summary. With ``preferences.source=data`` the pairs
+are the dataset's own labelled pairs, and generate and judge do not run.
 
 ``run(cfg)`` is what the CLI, tests and sweepers call; it returns the summary metrics. Each step
 is a stage under rlaif/stages/ that declares the inputs its output depends on; the runner
@@ -23,7 +24,7 @@ from rlaif.criteria import Criterion
 from rlaif.diagnostics.gate import JudgeGateError, check_gate
 from rlaif.io import write_json
 from rlaif.journal import Journal
-from rlaif.session import RecordedModel, Session, load_data, prepare
+from rlaif.session import RecordedModel, Session, load_data_and_pairs, prepare
 from rlaif.stages import (
     Diagnostics,
     Evaluate,
@@ -50,11 +51,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     """
     t_start = time.perf_counter()
     cfg, auto_dtypes = prepare(cfg, output_dir)  # validated, dtypes resolved: fails before any model loads
-    prompts, data_stats = load_data(cfg)
+    prompts, data_pairs, data_stats = load_data_and_pairs(cfg)
     session = Session(cfg, output_dir, prompts)  # replay: records checked, nothing loaded
     with session.opened() as ctx:
         ctx.summary.update(data_stats)  # data/duplicates_dropped, data/truncated_prompts
-        ctx.add(train_prompts=session.train_prompts, eval_prompts=[p for p in prompts if p.split == "eval"])
+        ctx.add(train_prompts=session.train_prompts, eval_prompts=[p for p in prompts if p.split == "eval"],
+                data_pairs=data_pairs)
         _components(ctx, session)
         session.start_tracking({"policy": ctx.identity("policy"), "judge": ctx.identity("judge")}, auto_dtypes)
         flow(ctx)
@@ -68,8 +70,11 @@ def flow(ctx: RunContext) -> None:
     """The data flow: each stage reads the records of the ones before it from ``ctx``."""
     cfg = ctx.cfg
     judge_journals: list[Journal] = []  # the judge's API spend: labelling and probes
-    run_stage(ctx, Generate())
-    run_stage(ctx, Judge(judge_journals))
+    if cfg.preferences.get("source", "judge") == "data":  # the dataset's own pairs: nothing sampled or judged
+        ctx.add(candidates=[], judgments=[], verdicts=[], judge_members=[])
+    else:
+        run_stage(ctx, Generate())
+        run_stage(ctx, Judge(judge_journals))
     run_stage(ctx, Preferences())
     if cfg.diagnostics.enabled:
         run_stage(ctx, Diagnostics(judge_journals))

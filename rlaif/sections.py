@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlaif.backends.vllm import VLLMOptions
 from rlaif.data.files import DUPLICATES
+from rlaif.data.formats import DATA_FORMATS, FORMATS, HUB_PREFIX, PROMPT_FILE
 from rlaif.data.truncation import TRUNCATION
 from rlaif.options import Count, Dtype, Engine, NonNegative, Options, Positive
 from rlaif.preferences import MODES
@@ -29,6 +30,7 @@ class PolicyOptions(Options):
 class PreferencesOptions(Options):
     mode: Literal[MODES]
     min_margin: NonNegative
+    source: Literal["judge", "data"]  # data: the dataset's labelled pairs (data.format), no generation or judging
 
 
 class DataOptions(Options):
@@ -44,6 +46,26 @@ class DataOptions(Options):
     truncation: Literal[TRUNCATION]
     max_line_bytes: Count
     gold: dict[str, Any] | None  # a judge config (``_target_``) that scores the task's gold reward
+    format: Literal[DATA_FORMATS]  # how a row becomes a prompt (and a labelled pair): rlaif/data/formats.py
+    split: str  # the hub split, or the split's files in a downloaded folder (ignored for a single file)
+    hf_name: str | None  # the hub dataset's configuration name (datasets.load_dataset's name)
+    hf_data_dir: str | None  # its data_dir (Anthropic/hh-rlhf: helpful-base, harmless-base, ...)
+    prefix_words: list[int]  # format imdb: [least, most] words of a review's opening
+    criterion: str | None  # the criterion the dataset's labels express (labelled pairs' criterion)
+
+    @field_validator("prefix_words")
+    @classmethod
+    def _range(cls, v):
+        if len(v) != 2 or not 1 <= v[0] <= v[1]:
+            raise ValueError(f"expected [least, most] words with 1 <= least <= most, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _hub_needs_a_format(self):
+        if self.path.startswith(HUB_PREFIX) and self.format == PROMPT_FILE:
+            raise ValueError(f"path: {self.path} is a hub dataset; set data.format to its layout "
+                             f"({', '.join(f'{n} for {f.dataset}' for n, f in FORMATS.items())})")
+        return self
 
     @field_validator("template")
     @classmethod

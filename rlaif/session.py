@@ -31,7 +31,15 @@ from omegaconf import DictConfig, OmegaConf
 from rlaif import distributed, precision
 from rlaif.backends.vllm import check_engines, close_all, resolve_engines
 from rlaif.config import ConfigError, validate
-from rlaif.data import PromptFileSpec, load_prompts_with_stats, prompt_token_limit, truncate_prompts
+from rlaif.data import (
+    PROMPT_FILE,
+    DatasetSpec,
+    PromptFileSpec,
+    load_dataset_with_pairs,
+    load_prompts_with_stats,
+    prompt_token_limit,
+    truncate_prompts,
+)
 from rlaif.io import atomic_write_text, write_json, write_records
 from rlaif.journal import Progress
 from rlaif.manifest import build_manifest, scrub_hydra_dir
@@ -87,11 +95,23 @@ def prepare(cfg: DictConfig, output_dir) -> tuple[DictConfig, dict]:
 
 
 def load_data(cfg: DictConfig) -> tuple[list[Prompt], dict]:
-    d = cfg.data
-    spec = {k: d[k] for k in PromptFileSpec.__dataclass_fields__ if k != "path"}
-    prompts, stats = load_prompts_with_stats(d.path, **spec)
-    prompts, stats["data/truncated_prompts"] = _fit_prompts(cfg, prompts)
+    prompts, _, stats = load_data_and_pairs(cfg)
     return prompts, stats
+
+
+def load_data_and_pairs(cfg: DictConfig) -> tuple[list[Prompt], list[dict], dict]:
+    """The prompts (split, fitted to the policy's context), the dataset's labelled pairs of those
+    prompts (``data.format`` with pairs; none for a prompt file) and the ``data/*`` counts."""
+    d = cfg.data
+    if d.get("format", PROMPT_FILE) == PROMPT_FILE:
+        spec = {k: d[k] for k in PromptFileSpec.__dataclass_fields__ if k != "path"}
+        (prompts, stats), pairs = load_prompts_with_stats(d.path, **spec), []
+    else:
+        values = {k: d[k] for k in DatasetSpec.__dataclass_fields__}
+        values["prefix_words"] = tuple(values["prefix_words"])
+        prompts, pairs, stats = load_dataset_with_pairs(DatasetSpec(**values))
+    prompts, stats["data/truncated_prompts"] = _fit_prompts(cfg, prompts)
+    return prompts, pairs, stats
 
 
 def _fit_prompts(cfg: DictConfig, prompts: list[Prompt]) -> tuple[list[Prompt], int]:

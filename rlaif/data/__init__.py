@@ -1,4 +1,6 @@
-"""Prompt sets: bundled files (``builtin:<path>``), local JSONL/text files.
+"""Prompt sets: bundled files (``builtin:<path>``), local JSONL/text files, and the hub datasets the
+papers use (``data.format``: hh_rlhf, tldr, ultrafeedback, imdb; rlaif/data/formats.py), read from
+the hub (``hf:<id>``) or a local copy, with their labelled preference pairs.
 
 A JSONL prompt file has one object per line with a ``text`` field (``data.text_field``) and
 optionally ``id``; a ``.txt`` file has one prompt per non-empty line. What this module does with
@@ -24,13 +26,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlaif.data.files import DUPLICATES, MAX_LINE_BYTES, PromptFile, PromptFileError
+from rlaif.data.formats import (
+    DATA_FORMATS,
+    FORMATS,
+    PROMPT_FILE,
+    DatasetSpec,
+    load_dataset_with_pairs,
+    load_pairs,
+)
 from rlaif.data.truncation import TRUNCATION, context_length, prompt_token_limit, truncate_prompts
 from rlaif.types import Prompt
 
 BUILTIN_DIR = Path(__file__).parent
 
-__all__ = ["BUILTIN_DIR", "DUPLICATES", "MAX_LINE_BYTES", "TRUNCATION", "PromptFile", "PromptFileError",
-           "PromptFileSpec", "context_length", "load_prompts", "load_prompts_with_stats", "open_prompt_file", "prompt_token_limit",
+__all__ = ["BUILTIN_DIR", "DATA_FORMATS", "DUPLICATES", "FORMATS", "MAX_LINE_BYTES", "PROMPT_FILE", "TRUNCATION",
+           "DatasetSpec", "PromptFile", "PromptFileError", "PromptFileSpec", "load_dataset_with_pairs", "load_pairs", "context_length", "load_prompts", "load_prompts_with_stats", "open_prompt_file", "prompt_token_limit",
            "read_prompt_file", "require_columns", "resolve_path", "truncate_prompts"]
 
 

@@ -1,5 +1,9 @@
 """Reward-model judge: a sequence-classification model with one output (e.g. a hub reward model
 such as Skywork-Reward-V2) scores the chat-formatted (prompt, response); the score is its logit.
+A classifier with several labels (a sentiment model such as siebert/sentiment-roberta-large-english:
+NEGATIVE / POSITIVE) scores one of them, ``label`` (its name in the model's config or its index):
+by default its log-odds, log p(label) - log(1 - p(label)), which for two labels is the difference
+of their logits (``label_score``: ``log_odds`` | ``logit`` | ``probability``).
 
 The criterion is baked into the weights, so no criterion wording is read. Weights are loaded
 lazily on first use, from a local folder or hub id through ``rlaif.models.resolve_model``
@@ -12,7 +16,7 @@ token, which must stay.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import field_validator
@@ -31,6 +35,8 @@ class RewardModelOptions(ModelJudgeOptions):
     max_length: Count
     trust_remote_code: bool
     device: str  # auto = cuda when available, else cpu
+    label: str | int | None  # a multi-label classifier: the label scored (name or index); null: a num_labels=1 model
+    label_score: Literal["log_odds", "logit", "probability"]
 
     @field_validator("model")
     @classmethod
@@ -43,20 +49,22 @@ class RewardModelOptions(ModelJudgeOptions):
 
 class RewardModelJudge(Judge):
     """Keyword arguments override the YAML's defaults (``RewardModelOptions``); ``model`` may also come
-    positionally (after the criterion)."""
+    positionally (after the criterion). Without a criterion (``data.gold``) it is named after the model."""
 
     kind = "reward_model"
     pointwise = True
     Options = RewardModelOptions
 
-    def __init__(self, criterion: Criterion, model: str | None = None, pool=None, *, name: str | None = None,
-                 **options):
-        super().__init__(criterion, name)
+    def __init__(self, criterion: Criterion | None = None, model: str | None = None, pool=None, *,
+                 name: str | None = None, **options):
+        # No criterion: a gold labeller (``data.gold``), built without the run's criterion.
+        super().__init__(criterion or Criterion("reward_model", "the reward model's score"), name)
         self.options = o = RewardModelOptions.build(with_given(options, model=model), "judge")
         self.model_name, self.pool, self.dtype = o.model, pool, o.dtype
         self.batch_size, self.max_length, self.trust_remote_code = o.batch_size, o.max_length, o.trust_remote_code
-        self.device = o.device
+        self.device, self.label, self.label_score = o.device, o.label, o.label_score
         self._tok = self._model = self._resolved = None
+        self._label_index: int | None = None
 
     @property
     def name(self) -> str:
@@ -83,9 +91,7 @@ class RewardModelJudge(Judge):
             model = AutoModelForSequenceClassification.from_pretrained(
                 resolved.path, dtype=torch_dtype(self.dtype), use_safetensors=True,
                 trust_remote_code=self.trust_remote_code)
-            if model.config.num_labels != 1:
-                raise ValueError(f"{self.model_name} has {model.config.num_labels} output labels; a reward model "
-                                 "has exactly one (num_labels=1)")
+            self._label_index = label_index(model.config, self.label, self.model_name)
             if model.config.pad_token_id is None:  # batched scoring finds each row's last token by padding
                 model.config.pad_token_id = tok.pad_token_id
             device = self.device
@@ -109,6 +115,19 @@ class RewardModelJudge(Judge):
             ids = tok(user[-1] if user else prompt.text, response)["input_ids"]
         return ids[-self.max_length:]
 
+    def _read(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each row's score: the one logit, or the configured label's log-odds, logit or probability."""
+        i = self._label_index
+        if i is None:
+            return logits[:, 0]
+        if self.label_score == "logit":
+            return logits[:, i]
+        logp = torch.log_softmax(logits, dim=-1)[:, i]
+        if self.label_score == "probability":
+            return logp.exp()
+        others = torch.cat([logits[:, :i], logits[:, i + 1:]], dim=-1)  # log(1 - p) = logsumexp(others) - logsumexp(all)
+        return logits[:, i] - torch.logsumexp(others, dim=-1)
+
     @torch.no_grad()
     def score(self, prompts: list[Prompt], responses: list[str]) -> list[float | None]:
         tok, model = self._load()
@@ -125,6 +144,29 @@ class RewardModelJudge(Judge):
                 ids[r, : len(seq)] = torch.tensor(seq)
                 attn[r, : len(seq)] = 1
             logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
-            for v in logits[:, 0].tolist():
+            for v in self._read(logits).tolist():
                 out.append(v if v == v and abs(v) != float("inf") else None)
         return out
+
+
+def label_index(config, label: str | int | None, model_name: str) -> int | None:
+    """The output the judge reads: None for a one-output reward model, else the index of ``label``."""
+    n = int(config.num_labels)
+    names = {str(v): int(k) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    shown = ", ".join(f"{i}={name}" for name, i in sorted(names.items(), key=lambda t: t[1])) or f"0..{n - 1}"
+    if label is None:
+        if n != 1:
+            raise ValueError(f"{model_name} has {n} output labels ({shown}); a reward model has exactly one "
+                             "(num_labels=1). For a classifier, set judge.label to the label to score "
+                             f"(e.g. judge.label={next(iter(names), 0)})")
+        return None
+    if isinstance(label, int):
+        if not 0 <= label < n:
+            raise ValueError(f"judge.label={label}: {model_name} has labels {shown}")
+        return label
+    if label in names:
+        return names[label]
+    folded = {k.lower(): i for k, i in names.items()}
+    if label.lower() in folded:
+        return folded[label.lower()]
+    raise ValueError(f"judge.label={label!r} is not a label of {model_name}; its labels: {shown}")

@@ -1,13 +1,19 @@
 """Stage 3: preference pairs from the judgments (invalid judgments never enter a pair; they are
 counted), and the gold labeller's scores of the candidates where the task has one. Cheap: not
-cached, recomputed on every run."""
+cached, recomputed on every run.
+
+With ``preferences.source=data`` the pairs are the dataset's own labelled pairs of the training
+prompts (``data.format`` hh_rlhf, tldr, ultrafeedback: rlaif/data/formats.py), as Zephyr's dDPO
+trains on UltraFeedback's; nothing was sampled or judged. The k-th pair of a prompt has
+``chosen_index`` 2k and ``rejected_index`` 2k+1, its scores are the dataset's (ultrafeedback) or
+1 / 0, and ``judge`` is ``data:<format>``."""
 
 from __future__ import annotations
 
 from rlaif.io import write_records
 from rlaif.preferences import build_pairs
 from rlaif.stages.base import Inputs, Stage
-from rlaif.types import PreferencePair
+from rlaif.types import PreferencePair, Prompt
 
 
 class Preferences(Stage):
@@ -18,7 +24,18 @@ class Preferences(Stage):
     outputs = {"preferences": PreferencePair, "gold": dict}
     cached = False
 
+    def inputs(self, cfg):
+        if cfg.preferences.get("source", "judge") == "data":
+            return Inputs(config=("preferences", "data.format", "data.criterion"),
+                          records=("train_prompts", "data_pairs"))
+        return self.INPUTS
+
     def compute(self, v, work):
+        if v.cfg.preferences.source == "data":
+            pairs, self.stats = data_pairs(v.record("train_prompts"), v.record("data_pairs"), v.cfg.data.format,
+                                           v.cfg.data.criterion)
+            write_records(v.out / "preferences.jsonl", pairs)
+            return {"preferences": pairs, "gold": []}
         prompts, candidates = v.record("train_prompts"), v.record("candidates")
         pairs, self.stats = build_pairs(prompts, candidates, v.record("judgments"), v.record("verdicts"),
                                         v.cfg.preferences.mode, v.cfg.preferences.min_margin)
@@ -31,7 +48,7 @@ class Preferences(Stage):
 
     def report(self, v, result):
         metrics = {f"preferences/{k}": x for k, x in self.stats.items()}
-        if v.component("gold") is None:
+        if v.cfg.preferences.source == "data" or v.component("gold") is None:
             return metrics
         g = gold_by_candidate(result["gold"])
         pairs = result["preferences"]
@@ -49,3 +66,26 @@ class Preferences(Stage):
 
 def gold_by_candidate(rows: list[dict]) -> dict[tuple[str, int], float]:
     return {(r["prompt_id"], r["index"]): r["gold"] for r in rows}
+
+
+def data_pairs(prompts: list[Prompt], rows: list[dict], fmt: str, criterion: str | None
+               ) -> tuple[list[PreferencePair], dict[str, float]]:
+    """The dataset's labelled pairs (rows of rlaif.data.formats) of ``prompts`` as training pairs."""
+    by_prompt = {p.id: p for p in prompts}
+    pairs: list[PreferencePair] = []
+    per_prompt: dict[str, int] = {}
+    for r in rows:
+        p = by_prompt.get(r["prompt_id"])
+        if p is None:  # a held-out prompt's pair
+            continue
+        k = per_prompt[p.id] = per_prompt.get(p.id, -1) + 1
+        hi, lo = float(r["chosen_score"]), float(r["rejected_score"])
+        pairs.append(PreferencePair(
+            prompt=p.messages, chosen=[{"role": "assistant", "content": r["chosen"]}],
+            rejected=[{"role": "assistant", "content": r["rejected"]}], prompt_id=p.id, chosen_index=2 * k,
+            rejected_index=2 * k + 1, chosen_score=hi, rejected_score=lo, margin=hi - lo, judge=f"data:{fmt}",
+            criterion=criterion or "dataset label"))
+    stats = {"pairs": len(pairs), "from_data": len(pairs), "prompts_with_pairs": len(per_prompt),
+             "prompts_without_pairs": len(prompts) - len(per_prompt),
+             "mean_margin": sum(p.margin for p in pairs) / len(pairs) if pairs else 0.0}
+    return pairs, stats
