@@ -415,3 +415,24 @@ def test_paper_configs_compose_and_validate(experiment):
     else:
         assert cfg.preferences.source == "data" and cfg.data.format == "ultrafeedback"
         assert "MT-Bench" in cfg.reproduction.claim
+
+
+def test_oasst1_reads_first_turns_only(tmp_path):
+    """OpenAssistant/oasst1 stores every message of its trees; the prompts are the roots."""
+    from rlaif.data.formats import read_items
+
+    rows = [
+        {"message_id": "a", "parent_id": None, "role": "prompter", "text": "How do I boil an egg?", "lang": "en"},
+        {"message_id": "b", "parent_id": "a", "role": "assistant", "text": "Put it in boiling water.", "lang": "en"},
+        {"message_id": "c", "parent_id": "b", "role": "prompter", "text": "For how long?", "lang": "en"},
+        {"message_id": "d", "parent_id": None, "role": "prompter", "text": "Name a prime.", "lang": "en"},
+    ]
+    path = tmp_path / "oasst1.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = DatasetSpec(path=str(path), format="oasst1")
+    items = [it for _, it in read_items(spec)]
+    assert [(it.id, it.text) for it in items] == [("a", "How do I boil an egg?"), ("d", "Name a prime.")]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"message_id": "x", "parent_id": None, "role": "prompter"}) + "\n")
+    with pytest.raises(PromptFileError, match="bad.jsonl:1.*'text'"):
+        list(read_items(DatasetSpec(path=str(bad), format="oasst1")))

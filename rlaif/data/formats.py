@@ -89,6 +89,7 @@ class Format:
     fields: tuple[str, ...]  # what every row must have
     parse: Callable[[Row, DatasetSpec], Item]
     pairs: bool  # rows carry labelled pairs
+    keep: Callable[[dict], bool] | None = None  # which rows are prompts (None: every row)
 
 
 class Row:
@@ -222,12 +223,24 @@ def _imdb(r: Row, spec: DatasetSpec) -> Item:
     return Item(text=" ".join(review[:k]))
 
 
+def _oasst1(r: Row, spec: DatasetSpec) -> Item:
+    return Item(text=r.text("text"), id=r.text("message_id"))
+
+
+def _oasst1_first_turn(row: dict) -> bool:
+    """OpenAssistant/oasst1 holds every message of its trees, one per row: a prompt is a tree's root,
+    the prompter's first turn (parent_id null)."""
+    return row.get("parent_id") is None and row.get("role") == "prompter"
+
+
 FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("hh_rlhf", "Anthropic/hh-rlhf", ("chosen", "rejected"), _hh_rlhf, True),
     Format("tldr", "openai/summarize_from_feedback", ("info", "summaries", "choice"), _tldr, True),
     Format("ultrafeedback", "HuggingFaceH4/ultrafeedback_binarized",
            ("prompt", "chosen", "rejected", "score_chosen", "score_rejected"), _ultrafeedback, True),
     Format("imdb", "stanfordnlp/imdb", ("text", "label"), _imdb, False),
+    Format("oasst1", "OpenAssistant/oasst1", ("message_id", "parent_id", "role", "text"), _oasst1, False,
+           keep=_oasst1_first_turn),
 ]}
 DATA_FORMATS = (PROMPT_FILE, *FORMATS)
 
@@ -349,6 +362,8 @@ def read_items(spec: DatasetSpec) -> Iterator[tuple[str, Item]]:
     for i, (where, row) in enumerate(iter_rows(spec.path, spec.format, spec.split, spec.hf_name, spec.hf_data_dir)):
         r = Row(row, where, spec.format, i)
         missing = [f for f in fmt.fields if f not in row]
+        if not missing and fmt.keep is not None and not fmt.keep(row):
+            continue
         if missing:
             raise r.fail(f"no {', '.join(repr(f) for f in missing)} field{'s' if len(missing) > 1 else ''}; "
                          f"{fmt.name} rows have {', '.join(fmt.fields)}; this row has: "
