@@ -255,11 +255,18 @@ def test_chained_constitutional_study_on_the_tiny_model(tiny_model, tmp_path):
     assert summary["reproduction/check"].startswith("RL-CAI") and "reproduction/harmless_gain/measured" in summary
     assert summary["reproduction/gold_not_training_judge/passed"] is True
 
-    # Rerun: both reused. Retrain the first member (another learning rate): the second reruns too.
     mark = (out / "runs" / "rl_cai" / "study_member.json").stat().st_mtime_ns
-    run_study(cfg, out, ov)
+    run_study(cfg, out, ov)  # rerun: both members reused
     assert (out / "runs" / "rl_cai" / "study_member.json").stat().st_mtime_ns == mark
-    ov2 = [o.replace("optimizer.learning_rate=1e-3", "optimizer.learning_rate=2e-3") for o in ov]
+
+
+@pytest.mark.slow
+def test_retraining_a_member_reruns_the_one_that_starts_from_it(tiny_model, tmp_path):
+    ov = tiny_study(tiny_model, tmp_path)
+    out = tmp_path / "study"
+    run_study(compose_config(ov), out, ov)
+    mark = (out / "runs" / "rl_cai" / "study_member.json").stat().st_mtime_ns
+    ov2 = [o.replace("optimizer.learning_rate=1e-3", "optimizer.learning_rate=2e-3") for o in ov]  # sl_cai only
     run_study(compose_config(ov2), out, ov2)
     assert (out / "runs" / "rl_cai" / "study_member.json").stat().st_mtime_ns != mark
 
