@@ -260,7 +260,6 @@ def test_chained_constitutional_study_on_the_tiny_model(tiny_model, tmp_path):
     assert (out / "runs" / "rl_cai" / "study_member.json").stat().st_mtime_ns == mark
 
 
-@pytest.mark.slow
 def test_retraining_a_member_reruns_the_one_that_starts_from_it(tiny_model, tmp_path):
     ov = tiny_study(tiny_model, tmp_path)
     out = tmp_path / "study"
