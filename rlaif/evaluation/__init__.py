@@ -171,11 +171,17 @@ def evaluate(prompts: list[Prompt], policy: list[Candidate], reference: list[Can
         "eval/samples_per_policy": len(policy),
         **_judge_scores(scorers.judge, by_id, policy, reference, pol_samples),
     }
+    lengths = [a.num_tokens for a, _ in matched], [b.num_tokens for _, b in matched]
     if scorers.heldout is not None:
-        h_win, h_pref, h_invalid = _preferences(_prefer(scorers.heldout, by_id, matched))
+        h_prefs = _prefer(scorers.heldout, by_id, matched)
+        h_win, h_pref, h_invalid = _preferences(h_prefs)
         metrics.update({"eval/heldout_win_rate": h_win, "eval/heldout_preference": h_pref,
                         "eval/heldout_invalid": h_invalid})
-    lc = length_controlled_win_rate(prefs, [a.num_tokens for a, _ in matched], [b.num_tokens for _, b in matched])
+        h_lc = length_controlled_win_rate(h_prefs, *lengths)  # the held-out judge's verdicts at equal length
+        if "lc_win_rate" in h_lc:
+            metrics["eval/heldout_lc_win_rate"] = h_lc["lc_win_rate"]
+            metrics["eval/heldout_length_coef"] = h_lc["length_coef"]
+    lc = length_controlled_win_rate(prefs, *lengths)
     if "lc_win_rate" in lc:
         metrics["eval/lc_win_rate"] = lc["lc_win_rate"]
         metrics["eval/length_coef"] = lc["length_coef"]

@@ -12,6 +12,11 @@ as best-of-n over n does) and the check (``reproduction.check``). The study fold
 - ``comparison/``: the members' table and plots (``rlaif-compare``), plus the analysis's plots;
 - a W&B run of its own (same tracker settings), the members' runs grouped under the study.
 
+A member can start from an earlier member's trained policy: ``${study_run:<member>}`` in its
+overrides (e.g. ``policy.model=${study_run:sl_cai}``) stands for ``<study folder>/runs/<member>/policy``.
+The named member must come earlier in ``study.runs`` (members run in order); when it failed, the
+later one is not run and is reported as failed; when it is retrained, the later one is too.
+
 Every member config is composed and validated before any model loads, so a bad override fails
 at once, naming the member and the key. Rerunning the same command reuses the finished members
 (their config is recorded with them) and resumes an unfinished one where it stopped; a member
@@ -29,6 +34,7 @@ import re
 import sys
 import time
 import traceback
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +51,47 @@ log = logging.getLogger(__name__)
 MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")
 # Member metrics copied into the study's summary (runs/<member>/<key>).
 HEADLINE = ("eval/gold_reward_policy", "eval/gold_reward_reference", "eval/gold_reward_gain", "eval/win_rate",
-            "eval/lc_win_rate", "eval/kl", "eval/length_policy", "eval/length_reference", "train/judge_calls",
-            "time/total_s")
+            "eval/lc_win_rate", "eval/heldout_win_rate", "eval/heldout_lc_win_rate", "eval/kl", "eval/length_policy",
+            "eval/length_reference", "train/judge_calls", "time/total_s")
+
+
+STUDY_RUN = re.compile(r"\$\{study_run:\s*([^}\s]*)\s*\}")
+_runs_dir: ContextVar[Path | None] = ContextVar("study_runs_dir", default=None)
+
+
+def _study_run(name: str) -> str:
+    """``${study_run:<member>}``: that member's trained policy folder in the study being run;
+    outside a study run (composing or validating its config alone) a placeholder naming it."""
+    runs_dir = _runs_dir.get()
+    if runs_dir is None:
+        return f"study_run:{name}"
+    path = str(runs_dir / name / "policy")  # goes into a Hydra override: quoted unless plainly safe
+    return path if re.fullmatch(r"[\w./-]+", path) else "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+OmegaConf.register_new_resolver("study_run", _study_run, replace=True)
+
+
+def member_dependencies(runs: dict[str, list]) -> dict[str, list[str]]:
+    """member -> the earlier members whose policy its overrides use (``${study_run:<member>}``);
+    raises ConfigError for a name that is not an earlier member."""
+    deps: dict[str, list[str]] = {}
+    errors = []
+    seen: list[str] = []
+    for name, own in runs.items():
+        deps[name] = []
+        for o in own or []:
+            for dep in STUDY_RUN.findall(str(o)):
+                if dep not in seen:
+                    where = "a later member" if dep in runs else "no member"
+                    errors.append(f"study.runs.{name}: {o!r} names {where} {dep!r}; ${{study_run:...}} must name a "
+                                  f"member listed before {name!r} (members run in order: {', '.join(runs)})")
+                elif dep not in deps[name]:
+                    deps[name].append(dep)
+        seen.append(name)
+    if errors:
+        raise ConfigError("Invalid study member:\n  - " + "\n  - ".join(errors))
+    return deps
 
 
 class StudyOptions(Options):
@@ -120,15 +165,22 @@ def _base_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
 
 
-def member_configs(cfg: DictConfig, overrides: list[str], group: str | None = None
-                   ) -> dict[str, tuple[list[str], DictConfig]]:
+def member_configs(cfg: DictConfig, overrides: list[str], group: str | None = None,
+                   runs_dir: Path | None = None) -> dict[str, tuple[list[str], DictConfig]]:
     """Every member's overrides and composed, validated config; raises ConfigError naming the
-    member and the problem before any model loads. ``group``: the W&B group of the members."""
+    member and the problem before any model loads. ``group``: the W&B group of the members;
+    ``runs_dir``: where the members' folders are (what ``${study_run:<member>}`` points into)."""
     base = _base_overrides(overrides)
     members: dict[str, tuple[list[str], DictConfig]] = {}
     errors = []
     repro = OmegaConf.select(cfg, "reproduction.name") or "study"
-    for name, own in OmegaConf.to_container(cfg.study.runs, resolve=True).items():
+    member_dependencies(OmegaConf.to_container(cfg.study.runs, resolve=False))
+    token = _runs_dir.set(None if runs_dir is None else Path(runs_dir).resolve())
+    try:
+        runs = OmegaConf.to_container(cfg.study.runs, resolve=True)
+    finally:
+        _runs_dir.reset(token)
+    for name, own in runs.items():
         if own is None:  # removed by a config that inherits this study
             continue
         ov = base + [str(o) for o in own] + [f"name={repro}-{name}"]
@@ -150,11 +202,14 @@ def member_configs(cfg: DictConfig, overrides: list[str], group: str | None = No
     return members
 
 
-def _member_key(mcfg: DictConfig) -> str:
+def _member_key(mcfg: DictConfig, upstream: list[str] | None = None) -> str:
+    """The member's config hash; with the keys of the members it starts from (``${study_run:...}``),
+    so retraining one of those reruns it."""
     from rlaif.runs import config_hash
     from rlaif.tracking import redact
 
-    return config_hash(redact(OmegaConf.to_container(mcfg, resolve=True)))
+    key = config_hash(redact(OmegaConf.to_container(mcfg, resolve=True)))
+    return key if not upstream else config_hash({"config": key, "starts_from": list(upstream)})
 
 
 def _finished(folder: Path, key: str) -> bool:
@@ -242,14 +297,20 @@ def run_study(cfg: DictConfig, out: str | Path, overrides: list[str]) -> dict[st
         raise ConfigError("reproduction.check: a study needs a check (one of " + ", ".join(sorted(CHECKS)) + ")")
     check_analysis(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    members = member_configs(cfg, overrides, group=f"{repro.get('name')}-{out.resolve().name}")
     runs_dir = out / "runs"
+    members = member_configs(cfg, overrides, group=f"{repro.get('name')}-{out.resolve().name}", runs_dir=runs_dir)
+    deps = member_dependencies(OmegaConf.to_container(cfg.study.runs, resolve=False))
+    keys: dict[str, str] = {}
     failed: dict[str, str] = {}
     print(f"rlaif: study {repro.get('name')} ({repro.get('scale') or 'n/a'} scale): {len(members)} runs into "
           f"{runs_dir}", flush=True)
     for i, (name, (ov, mcfg)) in enumerate(members.items(), 1):
         folder = runs_dir / name
-        key = _member_key(mcfg)
+        key = keys[name] = _member_key(mcfg, [keys[d] for d in deps.get(name, [])])
+        if broken := [d for d in deps.get(name, []) if d in failed]:
+            failed[name] = f"not run: it starts from member(s) {', '.join(broken)}, which failed"
+            print(f"rlaif: study run {i}/{len(members)} {name}: {failed[name]}", file=sys.stderr, flush=True)
+            continue
         if _finished(folder, key):
             print(f"rlaif: study run {i}/{len(members)} {name}: finished earlier, reused", flush=True)
             continue
