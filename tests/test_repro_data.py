@@ -436,3 +436,22 @@ def test_oasst1_reads_first_turns_only(tmp_path):
     bad.write_text(json.dumps({"message_id": "x", "parent_id": None, "role": "prompter"}) + "\n")
     with pytest.raises(PromptFileError, match="bad.jsonl:1.*'text'"):
         list(read_items(DatasetSpec(path=str(bad), format="oasst1")))
+
+
+def test_webgpt_pairs_follow_the_scores(tmp_path):
+    from rlaif.data.formats import read_items
+
+    def row(q, a0, a1, s0, s1):
+        return {"question": {"full_text": q}, "answer_0": a0, "answer_1": a1, "score_0": s0, "score_1": s1}
+
+    path = tmp_path / "webgpt.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        row("Why is the sky blue?", "Rayleigh scattering.", "Because.", 1.0, -1.0),
+        row("What is 2+2?", "5", "4", -0.5, 0.5),
+        row("Tie?", "a", "b", 0.0, 0.0)]))
+    items = [it for _, it in read_items(DatasetSpec(path=str(path), format="webgpt"))]
+    assert [(it.chosen, it.rejected) for it in items] == [("Rayleigh scattering.", "Because."), ("4", "5"), (None, None)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(row("q", "a", "b", 1, 0) | {"question": "q"}) + "\n")
+    with pytest.raises(PromptFileError, match="bad.jsonl:1.*'question' field is a string"):
+        list(read_items(DatasetSpec(path=str(bad), format="webgpt")))

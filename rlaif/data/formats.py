@@ -223,6 +223,18 @@ def _imdb(r: Row, spec: DatasetSpec) -> Item:
     return Item(text=" ".join(review[:k]))
 
 
+def _webgpt(r: Row, spec: DatasetSpec) -> Item:
+    """openai/webgpt_comparisons: a question, two answers and a score each (-1..1); the higher-scored
+    answer is chosen, and a tie gives a prompt without a pair."""
+    question = r.text("full_text", within=r.get("question", dict), label="question.full_text")
+    a0, a1 = r.text("answer_0"), r.text("answer_1")
+    s0, s1 = r.score("score_0"), r.score("score_1")
+    if s0 == s1:
+        return Item(text=question)
+    (c, cs), (j, js) = sorted([(a0, s0), (a1, s1)], key=lambda t: -t[1])
+    return Item(text=question, chosen=c, rejected=j, chosen_score=cs, rejected_score=js)
+
+
 def _oasst1(r: Row, spec: DatasetSpec) -> Item:
     return Item(text=r.text("text"), id=r.text("message_id"))
 
@@ -239,6 +251,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("ultrafeedback", "HuggingFaceH4/ultrafeedback_binarized",
            ("prompt", "chosen", "rejected", "score_chosen", "score_rejected"), _ultrafeedback, True),
     Format("imdb", "stanfordnlp/imdb", ("text", "label"), _imdb, False),
+    Format("webgpt", "openai/webgpt_comparisons", ("question", "answer_0", "answer_1", "score_0", "score_1"),
+           _webgpt, True),
     Format("oasst1", "OpenAssistant/oasst1", ("message_id", "parent_id", "role", "text"), _oasst1, False,
            keep=_oasst1_first_turn),
 ]}
