@@ -45,6 +45,7 @@ from rlaif.config import ConfigError, check_overrides, conf_dir, validate
 from rlaif.io import atomic_write_text, write_json
 from rlaif.options import Options
 from rlaif.reproductions.checks import CHECKS, CheckResult, StudyData, run_check
+from rlaif.reproductions.checks.base import fmt_value
 
 log = logging.getLogger(__name__)
 
@@ -386,10 +387,10 @@ def report(cfg: DictConfig, out: Path, data: StudyData, result: CheckResult, fai
           f"Paper: {repro.get('paper')} (arXiv {repro.get('arxiv')})", "", f"Claim: {repro.get('claim')}", "",
           f"**{'PASSED' if result.passed else 'FAILED'}**: {result.check}", "",
           "| criterion | measured | expected | passed |", "|---|---|---|---|"]
-    md += [f"| {c.claim} | {_cell(c.measured)} | {c.expected} | {'yes' if c.passed else 'no'}"
+    md += [f"| {c.claim} | {fmt_value(c.measured)} | {c.expected} | {'yes' if c.passed else 'no'}"
            f"{' (' + c.why + ')' if c.why else ''} |" for c in result.criteria]
     if result.values:
-        md += ["", "Also measured:", ""] + [f"- {k}: {_cell(v)}" for k, v in result.values.items()]
+        md += ["", "Also measured:", ""] + [f"- {k}: {fmt_value(v)}" for k, v in result.values.items()]
     if failed:
         md += ["", "Failed parts:", ""] + [f"- {k}: {v}" for k, v in failed.items()]
     if comparison.get("markdown"):
@@ -405,7 +406,7 @@ def report(cfg: DictConfig, out: Path, data: StudyData, result: CheckResult, fai
         try:
             tracker.start(out, redact(OmegaConf.to_container(cfg, resolve=True)), f"{repro.get('name')}-study")
             tracker.table("reproduction/criteria", ["criterion", "measured", "expected", "passed"],
-                          [[c.claim, _cell(c.measured), c.expected, c.passed] for c in result.criteria])
+                          [[c.claim, fmt_value(c.measured), c.expected, c.passed] for c in result.criteria])
             for name, path in {**comparison.get("plots", {}), **{p.stem: p for p in out.glob("*.png")}}.items():
                 tracker.image(f"study/{name}", path)
             tracker.summary(summary)
@@ -420,11 +421,3 @@ def report(cfg: DictConfig, out: Path, data: StudyData, result: CheckResult, fai
                      f"  study folder: {out} (reproduction.md, summary.json, comparison/)",
                      f"  W&B: {summary_location or 'not tracked'}", ""]), flush=True)
     return summary
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_cell(x) for x in v) + "]"
-    return "n/a" if v is None else str(v)

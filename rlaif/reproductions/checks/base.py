@@ -11,13 +11,13 @@ which it must pass and others on which it must fail.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlaif.comparison.runs import RunRecord
+from rlaif.diagnostics import stats
 
 
 @dataclass
@@ -61,7 +61,7 @@ class CheckResult:
         """The readable report: one line per criterion."""
         rows = [f"{'PASS' if self.passed else 'FAIL'}: {self.check}"]
         for c in self.criteria:
-            m = _fmt(c.measured)
+            m = fmt_value(c.measured)
             rows.append(f"  [{'x' if c.passed else ' '}] {c.claim}: measured {m}, expected {c.expected}"
                         + (f" ({c.why})" if c.why else ""))
         return rows
@@ -110,11 +110,12 @@ def run_check(name: str, study: StudyData, params: dict) -> CheckResult:
 # Helpers
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any) -> str:
+    """A measured value as the reports show it: 4 significant digits, lists in brackets, n/a."""
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+        return "[" + ", ".join(fmt_value(x) for x in v) + "]"
     return "n/a" if v is None else str(v)
 
 
@@ -123,28 +124,12 @@ def missing(name: str, claim: str, expected: str, why: str) -> Criterion:
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties); nan for fewer than 2 points or a constant."""
+    """Spearman's rank correlation (average ranks for ties); nan for fewer than 2 points, a constant
+    side or lists of different lengths (a check compares it with a threshold, so nan fails)."""
     if len(x) != len(y) or len(x) < 2:
         return float("nan")
-
-    def ranks(v):
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    rx, ry = ranks(list(x)), ranks(list(y))
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+    rho = stats.spearman(list(x), list(y))
+    return float("nan") if rho is None else rho
 
 
 def frontier_at(points: Sequence[tuple[float, float]], x: float, origin: tuple[float, float] | None = None) -> float:
