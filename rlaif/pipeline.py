@@ -61,7 +61,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         session.start_tracking({"policy": ctx.identity("policy"), "judge": ctx.identity("judge")}, auto_dtypes)
         flow(ctx)
     summary = {**ctx.summary, **ctx.times, "cache/hits": sum(ctx.hits.values()), **ctx.progress.counters(),
-               **precision.summary(auto_dtypes)}
+               **precision.summary(auto_dtypes, cfg.optimizer.get("mixed_precision"))}
     summary["time/total_s"] = round(time.perf_counter() - t_start, 2)
     return session.finish(summary)
 

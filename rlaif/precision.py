@@ -189,8 +189,10 @@ def announce(keys: list[str]) -> None:
           f"set by dtype: auto in {', '.join(keys)}", flush=True)
 
 
-def summary(keys: list[str]) -> dict:
-    """``precision/*`` keys for a run's summary."""
+def summary(keys: list[str], training_autocast: str | None = None) -> dict:
+    """``precision/*`` keys for a run's summary. ``training_autocast``: the optimizer's resolved
+    ``mixed_precision`` (what its training ran under; an explicit ``no`` stays ``no``); None: the
+    machine's choice."""
     p = detect()
-    return {"precision/device": p.device, "precision/dtype": p.dtype, "precision/mixed_precision": p.mixed_precision,
-            "precision/reason": p.reason}
+    return {"precision/device": p.device, "precision/dtype": p.dtype,
+            "precision/mixed_precision": training_autocast or p.mixed_precision, "precision/reason": p.reason}

@@ -119,6 +119,7 @@ def test_a_run_records_the_choice(tiny_model, tmp_path, capsys):
     summary = run(compose_config(overrides), output_dir=out)
     p = precision.detect()
     assert summary["precision/dtype"] == p.dtype and summary["precision/reason"] == p.reason
+    assert summary["precision/mixed_precision"] == p.mixed_precision  # optimizer.mixed_precision: auto
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"]["dtype"] == p.dtype
     assert "generator.dtype" in manifest["precision"]["auto_keys"]
@@ -126,3 +127,9 @@ def test_a_run_records_the_choice(tiny_model, tmp_path, capsys):
     assert resolved.generator.dtype == p.dtype and resolved.optimizer.dtype == "float32"
     printed = capsys.readouterr().out
     assert printed.count(f"rlaif: precision {p.dtype}") == 1 and p.reason in printed
+
+
+def test_the_summary_reports_the_autocast_training_ran_under():
+    p = precision.detect()
+    assert precision.summary([], "no")["precision/mixed_precision"] == "no"  # an explicit choice, not the machine's
+    assert precision.summary([], None)["precision/mixed_precision"] == p.mixed_precision

@@ -377,3 +377,24 @@ def test_dpo_reference_pass_runs_once_over_the_pairs(tiny_model, tmp_path):
         handle.remove()
     assert len(rows) == 8
     assert len(no_grad_forwards) == 8 // 2  # one reference batch per 2 pairs, once
+
+
+def test_dpo_loads_the_policy_from_disk_once(tiny_model, tmp_path, monkeypatch):
+    """Without precomputed reference log-probs the reference is an in-memory copy of the loaded policy,
+    not a second load of its folder (TRL's default), and it starts equal to the policy: the
+    log-ratio margin at step 1 is 0, so the first sigmoid loss is log 2."""
+    from transformers import PreTrainedModel
+
+    loads = []
+    original = PreTrainedModel.from_pretrained.__func__
+
+    def counted(cls, *args, **kwargs):
+        loads.append(cls.__name__)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(counted))
+    for precompute in (False, True):
+        loads.clear()
+        rows = train_dpo_rows(tiny_model, tmp_path / f"dpo{precompute}", precompute_ref_log_probs=precompute)
+        assert len(rows) == 4 and len(loads) == 1, (precompute, loads)
+        assert rows[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-4)

@@ -9,6 +9,7 @@ every ``save_steps`` optimizer steps and a rerun resumes from the newest complet
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import shutil
@@ -102,8 +103,11 @@ def train_dpo(opt: DPOOptimizer, ctx: TrainContext, job: DPORun) -> dict[str, fl
     last: dict[str, float] = {}
     resume = TrainerResume(ctx, last) if saving["save_strategy"] != "no" else None
     forward = _forwarder(opt, ctx, last, job.step_offset)
-    trainer = DPOTrainer(model=model, args=_dpo_config(opt, saving, ctx.seed if job.seed is None else job.seed), train_dataset=data,
-                         processing_class=tok, peft_config=lora_config(opt.lora),
+    peft = lora_config(opt.lora)
+    own_ref = peft is None and not opt.precompute_ref_log_probs  # else TRL needs no reference model
+    trainer = DPOTrainer(model=model, ref_model=reference_copy(model) if own_ref else None,
+                         args=_dpo_config(opt, saving, ctx.seed if job.seed is None else job.seed), train_dataset=data,
+                         processing_class=tok, peft_config=peft,
                          callbacks=[c for c in (resume, forward) if c])
     progress.attach(trainer, "dpo")
     if resume is not None:
@@ -113,6 +117,16 @@ def train_dpo(opt: DPOOptimizer, ctx: TrainContext, job: DPORun) -> dict[str, fl
     save_policy(trainer.model, tok, job.output_dir)
     shutil.rmtree(job.output_dir / "trainer", ignore_errors=True)
     return last
+
+
+def reference_copy(model):
+    """A frozen in-memory copy of the policy as DPO's reference, for ``precompute_ref_log_probs: false``.
+    Left to itself TRL would load it from the policy's folder a second time (slower, and bypassing the
+    safetensors-only loader). Not needed with LoRA (the reference is the policy with its adapters off)
+    or with precomputed reference log-probs (TRL runs the untrained policy over the pairs first)."""
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
 
 
 def _dpo_config(opt: DPOOptimizer, saving: dict, seed: int):
