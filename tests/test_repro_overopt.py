@@ -183,7 +183,9 @@ def test_bad_analysis_options_name_the_key(options, key):
 def test_the_study_refuses_bad_analysis_options_before_any_run(tmp_path):
     from rlaif.reproductions.study import run_study
 
-    ov = ["experiment=paper/overoptimization_cpu", "study.analysis_options.ns=[1,2,128]", "tracker=none",
+    base = compose_config(["experiment=paper/overoptimization_cpu"])
+    too_many = 2 * int(base.study.analysis_options.samples_per_prompt)  # more samples than the study draws
+    ov = ["experiment=paper/overoptimization_cpu", f"study.analysis_options.ns=[1,2,{too_many}]", "tracker=none",
           f"cache.dir={tmp_path / 'cache'}"]
     with pytest.raises(ConfigError, match="study.analysis_options.*samples_per_prompt"):
         run_study(compose_config(ov), tmp_path / "study", ov)

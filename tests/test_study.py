@@ -23,7 +23,7 @@ def tiny_study(tiny_model, tmp_path, members: str) -> list[str]:
         "experiment=paper/dpo_sentiment_cpu", f"policy.model={tiny_model}", f"cache.dir={tmp_path / 'cache'}",
         "data.num_train=6", "data.num_eval=3", "generator.num_candidates=3", "generator.max_new_tokens=8",
         "generator.dtype=float32", "judge.dtype=float32", "evaluation.dtype=float32",
-        "evaluation.samples_per_prompt=2", "~study.runs", f"+study.runs={members}",
+        "evaluation.samples_per_prompt=2", "preferences.min_margin=0.0", "~study.runs", f"+study.runs={members}",
     ]
 
 
