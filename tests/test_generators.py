@@ -11,6 +11,7 @@ import torch
 from rlaif.generators import HFGenerator
 from rlaif.io import read_records, write_records
 from rlaif.journal import Journal
+from rlaif.scoring import chat_prefix_ids
 from rlaif.types import Candidate, Prompt
 
 PROMPTS = [Prompt(f"p{i}", f"item {i}", [{"role": "user", "content": f"Continue this movie review: the film {i}"}],
@@ -103,3 +104,35 @@ def test_sampling_params_key_says_model_defaults_are_ignored():
 def test_bad_sampling_parameters_are_refused_by_name(kwargs, key):
     with pytest.raises(ValueError, match=key):
         HFGenerator("tiny", **kwargs)
+
+
+def test_batches_hold_prompts_of_similar_length_and_candidates_return_in_prompt_order(tiny_model, tmp_path):
+    """Length buckets: short and long prompts interleaved are batched longest first, so each batch's left
+    padding is the gap between neighbours in length, and the candidates come back in prompt order. A
+    rerun whose journal holds the first half of the batches gives the same candidates."""
+    model, tok = _load(tiny_model)
+    words = [2, 30, 3, 28, 1, 31]  # interleaved: batching in given order would pad every batch by ~27 words
+    prompts = [Prompt(f"q{i}", "x", [{"role": "user", "content": " ".join(["film"] * w)}], "train")
+               for i, w in enumerate(words)]
+    gen = HFGenerator("tiny", num_candidates=2, max_new_tokens=4, batch_size=4, dtype="float32")
+    widths, padding = [], []
+    real = model.generate
+
+    def recording(input_ids, attention_mask, **kw):  # the batches as model.generate receives them
+        widths.append(input_ids.shape[1])
+        padding.append(int((attention_mask == 0).sum()))
+        return real(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    model.generate = recording
+    journal = Journal(tmp_path / "journal.jsonl")
+    cands = gen.generate(model, tok, prompts, seed=1, journal=journal)
+    assert [(c.prompt_id, c.index) for c in cands] == [(p.id, i) for p in prompts for i in range(2)]
+    lengths = sorted((len(chat_prefix_ids(tok, p.messages)) for p in prompts), reverse=True)
+    assert len(widths) == 3 and widths == [lengths[0], lengths[2], lengths[4]]
+    # each batch pads only its shorter prompt to its longer neighbour in length
+    assert padding == [2 * (lengths[0] - lengths[1]), 2 * (lengths[2] - lengths[3]), 2 * (lengths[4] - lengths[5])]
+    assert sum(padding) < 2 * (lengths[0] - lengths[-1])  # in the given order one batch alone would pad this much
+    # the journal keys batches by their (prompt id, candidate) items: a rerun reads them all back
+    calls = len(widths)
+    assert gen.generate(model, tok, prompts, seed=1, journal=Journal(tmp_path / "journal.jsonl")) == cands
+    assert len(widths) == calls

@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_study(tiny_model, tmp_path, members: str) -> list[str]:
     return [
-        "experiment=paper/dpo_sentiment_cpu", f"policy.model={tiny_model}", f"cache.dir={tmp_path / 'cache'}",
+        # the contrastive judge: VADER, the config's judge, scores the tiny model's random text 0 (no pairs)
+        "experiment=paper/dpo_sentiment_cpu", "judge=contrastive", f"policy.model={tiny_model}",
+        f"cache.dir={tmp_path / 'cache'}",
         "data.num_train=6", "data.num_eval=3", "generator.num_candidates=3", "generator.max_new_tokens=8",
         "generator.dtype=float32", "judge.dtype=float32", "evaluation.dtype=float32",
         "evaluation.samples_per_prompt=2", "preferences.min_margin=0.0", "~study.runs", f"+study.runs={members}",

@@ -398,3 +398,14 @@ def test_dpo_loads_the_policy_from_disk_once(tiny_model, tmp_path, monkeypatch):
         rows = train_dpo_rows(tiny_model, tmp_path / f"dpo{precompute}", precompute_ref_log_probs=precompute)
         assert len(rows) == 4 and len(loads) == 1, (precompute, loads)
         assert rows[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+@pytest.mark.parametrize("given", [None, False, True])
+def test_dpo_gradient_checkpointing_follows_the_config(given):
+    """optimizer.gradient_checkpointing reaches TRL's DPOConfig (on by default, as TRL has it); before the
+    key existed TRL's default could not be turned off."""
+    from rlaif.optimizers.dpo import _dpo_config
+
+    opt = DPOOptimizer(**({} if given is None else {"gradient_checkpointing": given}))
+    args = _dpo_config(opt, {"output_dir": "unused", "save_strategy": "no"}, seed=0)
+    assert args.gradient_checkpointing is (True if given is None else given)

@@ -68,6 +68,8 @@ def trl_dpo(path: str, pairs, opt, out_dir: str) -> float:
     data = Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
     args = DPOConfig(output_dir=out_dir, beta=opt.beta, learning_rate=opt.learning_rate, num_train_epochs=opt.epochs,
                      per_device_train_batch_size=opt.batch_size, max_length=opt.max_length, report_to=[],
-                     precompute_ref_log_probs=opt.precompute_ref_log_probs, save_strategy="no", logging_steps=1, bf16=opt.mixed_precision == "bf16",
+                     precompute_ref_log_probs=opt.precompute_ref_log_probs, save_strategy="no", logging_steps=1,
+                     gradient_checkpointing=opt.gradient_checkpointing,  # like for like
+                     bf16=opt.mixed_precision == "bf16",
                      fp16=opt.mixed_precision == "fp16", use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
     return DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok).train().metrics["train_runtime"]

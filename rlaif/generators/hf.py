@@ -1,6 +1,7 @@
 """Batched sampling with transformers.
 
-k candidates per prompt; every batch is seeded from (seed, batch number), so the same config
+k candidates per prompt, batched longest prompt first (length buckets: little left padding) and
+returned in prompt order; every batch is seeded from (seed, batch number), so the same config
 and seed give the same candidates on the same machine. That is also what makes generation
 resumable: with a ``journal`` (rlaif/journal.py) each finished batch is recorded, and a rerun
 reads finished batches back instead of sampling them -- the batches it still samples get the
@@ -133,7 +134,8 @@ class HFGenerator:
         holds, record the others."""
         model_id, source, desc = tag
         k = k or self.num_candidates
-        jobs = [(p, i) for p in prompts for i in range(k)]
+        prefix = [chat_prefix_ids(tokenizer, p.messages) for p in prompts]
+        jobs = [(q, i) for q in bucketed(prefix) for i in range(k)]  # (prompt index, candidate index)
         eos_ids = {tokenizer.eos_token_id}
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token")
@@ -145,14 +147,13 @@ class HFGenerator:
         bar = progress.bar(total=len(jobs), desc=desc, unit="sample")
         for b, s in enumerate(range(0, len(jobs), self.batch_size)):
             batch = jobs[s : s + self.batch_size]
-            items = [[p.id, i] for p, i in batch]
+            items = [[prompts[q].id, i] for q, i in batch]
             done = journal.lookup(b, items) if journal is not None else None
             if done is not None:  # finished before an interruption
                 out += [Candidate.from_dict(r) for r in done]
                 bar.update(len(batch))
                 continue
-            input_ids, attn, _ = left_pad([chat_prefix_ids(tokenizer, p.messages) for p, _ in batch],
-                                          tokenizer.pad_token_id)
+            input_ids, attn, _ = left_pad([prefix[q] for q, _ in batch], tokenizer.pad_token_id)
             width = input_ids.shape[1]
             torch.manual_seed(seed * 1_000_003 + b)
             with _only(model, config):
@@ -160,8 +161,8 @@ class HFGenerator:
                                      generation_config=config)
             new = gen[:, width:].cpu()
             made = []
-            for r, (p, i) in enumerate(batch):
-                ids = new[r].tolist()
+            for r, (q, i) in enumerate(batch):
+                p, ids = prompts[q], new[r].tolist()
                 n, finished = len(ids), False
                 for t, tid in enumerate(ids):
                     if tid in eos_ids:
@@ -175,7 +176,14 @@ class HFGenerator:
             out += made
             bar.update(len(batch))
         bar.close()
-        return out
+        back = sorted(range(len(jobs)), key=lambda j: jobs[j])  # prompt order, then candidate index
+        return [out[j] for j in back]
+
+
+def bucketed(prefix: list[list[int]]) -> list[int]:
+    """Prompt indices, longest prompt first (ties in their given order): a batch then holds prompts of
+    similar length, so left padding stays short."""
+    return sorted(range(len(prefix)), key=lambda n: -len(prefix[n]))
 
 
 @contextmanager

@@ -41,6 +41,7 @@ class DPOOptions(TrainingOptions):
     max_length: Annotated[int, Field(ge=8)]
     weight_decay: NonNegative
     precompute_ref_log_probs: bool
+    gradient_checkpointing: bool  # TRL's DPOConfig default (on) unless set; before, it could not be turned off
 
     @field_validator("label_smoothing")
     @classmethod
@@ -141,7 +142,7 @@ def _dpo_config(opt: DPOOptimizer, saving: dict, seed: int):
         logging_steps=opt.logging_steps, report_to=[], seed=seed, data_seed=seed,
         logging_nan_inf_filter=False,  # log a NaN loss as NaN (the default averages it away, logging 0.0)
         bf16=opt.dtype == "bfloat16" or opt.mixed_precision == "bf16", fp16=opt.mixed_precision == "fp16",
-        dataloader_num_workers=0, disable_dropout=True,
+        dataloader_num_workers=0, disable_dropout=True, gradient_checkpointing=opt.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(),
     )
 
