@@ -41,7 +41,7 @@ class DPOOptions(TrainingOptions):
     max_length: Annotated[int, Field(ge=8)]
     weight_decay: NonNegative
     precompute_ref_log_probs: bool
-    gradient_checkpointing: bool  # TRL's DPOConfig default (on) unless set; before, it could not be turned off
+    gradient_checkpointing: bool  # passed to TRL's DPOConfig (whose own default is on)
 
     @field_validator("label_smoothing")
     @classmethod
