@@ -22,6 +22,7 @@ from pydantic import Field, field_validator, model_validator
 
 from rlaif import progress
 from rlaif.optimizers.base import NonFiniteLossError, TrainContext, lora_config, save_policy
+from rlaif.optimizers.lm_head import plain_lm_head
 from rlaif.optimizers.options import TrainingOptions, take_options
 from rlaif.options import NonNegative, Positive
 
@@ -106,14 +107,15 @@ def train_dpo(opt: DPOOptimizer, ctx: TrainContext, job: DPORun) -> dict[str, fl
     forward = _forwarder(opt, ctx, last, job.step_offset)
     peft = lora_config(opt.lora)
     own_ref = peft is None and not opt.precompute_ref_log_probs  # else TRL needs no reference model
-    trainer = DPOTrainer(model=model, ref_model=reference_copy(model) if own_ref else None,
-                         args=_dpo_config(opt, saving, ctx.seed if job.seed is None else job.seed), train_dataset=data,
-                         processing_class=tok, peft_config=peft,
-                         callbacks=[c for c in (resume, forward) if c])
-    progress.attach(trainer, "dpo")
-    if resume is not None:
-        resume.attach(trainer)
-    trainer.train(resume_from_checkpoint=resume.resume_from if resume else None)
+    with plain_lm_head():  # on a CPU: full logits, not TRL's chunked fallback (rlaif/optimizers/lm_head.py)
+        trainer = DPOTrainer(model=model, ref_model=reference_copy(model) if own_ref else None,
+                             args=_dpo_config(opt, saving, ctx.seed if job.seed is None else job.seed),
+                             train_dataset=data, processing_class=tok, peft_config=peft,
+                             callbacks=[c for c in (resume, forward) if c])
+        progress.attach(trainer, "dpo")
+        if resume is not None:
+            resume.attach(trainer)
+        trainer.train(resume_from_checkpoint=resume.resume_from if resume else None)
     job.output_dir.mkdir(parents=True, exist_ok=True)
     save_policy(trainer.model, tok, job.output_dir)
     shutil.rmtree(job.output_dir / "trainer", ignore_errors=True)
