@@ -45,15 +45,16 @@ def left_pad(seqs: list[list[int]], pad_id: int):
 
 
 def _logits(model, input_ids, attn, position_ids, keep: int, **extra):
-    """Logits of the last ``keep`` positions only (the LM head over a large vocabulary is costly).
-    ``extra``: more forward arguments (a key/value cache)."""
+    """Logits of the last ``keep`` positions only (the LM head over a large vocabulary is costly), in
+    the model's dtype (``picked_logprobs`` reads them in float32 tile by tile). ``extra``: more
+    forward arguments (a key/value cache)."""
     device = next(model.parameters()).device
     kwargs = {"input_ids": input_ids.to(device), "attention_mask": attn.to(device),
               "position_ids": position_ids.to(device), **extra}
     try:
-        return model(**kwargs, logits_to_keep=keep).logits[:, -keep:].float()
+        return model(**kwargs, logits_to_keep=keep).logits[:, -keep:]
     except TypeError:  # architectures without logits_to_keep
-        return model(**kwargs).logits[:, -keep:].float()
+        return model(**kwargs).logits[:, -keep:]
 
 
 # A common prefix shorter than this is not worth a forward pass of its own.
@@ -101,17 +102,35 @@ def prefix_groups(seqs: Sequence[Sequence[int]], limits: Sequence[int],
     return shared, alone
 
 
-def _shared_batches(groups: list[tuple[int, list[int]]], batch_size: int) -> list[list[tuple[int, list[int]]]]:
-    """Groups packed into batches of at most ``batch_size`` rows (a larger group is split; each part
-    runs its own prefix), shortest prefixes first so prefixes padded together are alike."""
-    parts = [(n, rows[s : s + batch_size]) for n, rows in sorted(groups, key=lambda g: g[0])
-             for s in range(0, len(rows), batch_size)]
+# Rows per shared-prefix forward, at most this many times ``batch_size``: their own tokens are few, so
+# more of them fit in the tokens of a full batch, but each still gets its own rows of logits.
+SHARED_ROWS_FACTOR = 4
+
+
+def _budget(batch_size: int, lengths: Sequence[int]) -> int:
+    """Tokens per forward pass: ``batch_size`` of the longest of these rows run whole."""
+    return batch_size * max(lengths)
+
+
+def _shared_batches(groups: list[tuple[int, list[int]]], batch_size: int,
+                    lengths: Sequence[int]) -> list[list[tuple[int, list[int]]]]:
+    """Groups packed into batches whose prefixes run in one forward pass, shortest prefixes first (so
+    prefixes padded together are alike): at most ``SHARED_ROWS_FACTOR * batch_size`` rows and as many
+    prefix tokens as ``batch_size`` of their rows run whole. A larger group is split (each part
+    runs its prefix)."""
+    cap = SHARED_ROWS_FACTOR * batch_size
+    parts = [(n, rows[s : s + cap]) for n, rows in sorted(groups, key=lambda g: g[0])
+             for s in range(0, len(rows), cap)]
     batches: list[list[tuple[int, list[int]]]] = []
     for part in parts:
-        if batches and sum(len(r) for _, r in batches[-1]) + len(part[1]) <= batch_size:
-            batches[-1].append(part)
-        else:
-            batches.append([part])
+        if batches:
+            grown = [*batches[-1], part]
+            rows = sum(len(r) for _, r in grown)
+            budget = _budget(batch_size, [lengths[r] for _, rs in grown for r in rs])
+            if rows <= cap and len(grown) * part[0] <= budget:
+                batches[-1].append(part)
+                continue
+        batches.append([part])
     return batches
 
 
@@ -122,17 +141,18 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _shared_prefix_logits(model, pad_id: int, seqs: Sequence[Sequence[int]], batch: list[tuple[int, list[int]]],
-                          keep: int) -> tuple[list[int], torch.Tensor] | None:
-    """(rows, logits of each row's last ``keep`` positions (b, keep, V)) for a batch of groups,
-    each group's prefix run once; None when the model returns no key/value cache.
+class _Prefixes(NamedTuple):
+    """One forward pass over a batch of groups' prefixes: its key/value cache, the logits at each
+    prefix's last position and the prefixes' attention mask (left-padded)."""
 
-    The prefixes run left-padded with a cache; the cache is copied to every row of its group; the
-    rows' own tokens (left-padded too, so every row ends at the last column) run on top of it with
-    positions continuing from their prefix. A row whose own tokens are fewer than ``keep`` gets
-    its prefix's last logits in the column before its first own token; columns before that are
-    not defined (no caller reads them).
-    """
+    cache: object
+    last: torch.Tensor
+    attn: torch.Tensor
+
+
+def _prefix_pass(model, pad_id: int, seqs: Sequence[Sequence[int]], batch: list[tuple[int, list[int]]]):
+    """The batch's prefixes run once, left-padded, with a cache; None when the model returns no
+    key/value cache that rows can be selected from."""
     device = next(model.parameters()).device
     p_ids, p_attn, p_pos = left_pad([list(seqs[rows[0]][:n]) for n, rows in batch], pad_id)
     kwargs = {"input_ids": p_ids.to(device), "attention_mask": p_attn.to(device), "position_ids": p_pos.to(device),
@@ -144,23 +164,57 @@ def _shared_prefix_logits(model, pad_id: int, seqs: Sequence[Sequence[int]], bat
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     if cache is None or not hasattr(cache, "batch_select_indices"):
         return None
-    last = out.logits[:, -1].float()
-    which = [g for g, (_, rows) in enumerate(batch) for _ in rows]
-    rows = [r for _, rs in batch for r in rs]
+    return _Prefixes(cache, out.logits[:, -1], p_attn)
+
+
+def _tail_batches(batch: list[tuple[int, list[int]]], lengths: Sequence[int], batch_size: int) -> list[list]:
+    """The batch's rows as (group, row) in runs of similar own length (shortest first), each within
+    the tokens of ``batch_size`` whole rows and ``SHARED_ROWS_FACTOR * batch_size`` rows: rows of one
+    group differ in length, and padding every row to the batch's longest wasted most of the work."""
+    cap = SHARED_ROWS_FACTOR * batch_size
+    budget = _budget(batch_size, [lengths[r] for _, rs in batch for r in rs])
+    items = sorted(((g, r) for g, (_, rs) in enumerate(batch) for r in rs), key=lambda x: lengths[x[1]] - batch[x[0]][0])
+    runs: list[list] = []
+    for g, r in items:
+        tail = lengths[r] - batch[g][0]
+        if runs and len(runs[-1]) < cap and (len(runs[-1]) + 1) * tail <= budget:
+            runs[-1].append((g, r))
+        else:
+            runs.append([(g, r)])
+    return runs
+
+
+def _tail_logits(model, pad_id: int, seqs: Sequence[Sequence[int]], batch: list[tuple[int, list[int]]],
+                 pre: _Prefixes, run: list, keep: int, last_run: bool) -> tuple[list[int], torch.Tensor]:
+    """(rows, logits of each row's last ``keep`` positions (b, keep, V)) for one run of rows on top of
+    their prefixes' cache.
+
+    The cache is copied to every row of its group; the rows' own tokens (left-padded, so every row
+    ends at the last column) run on top of it with positions continuing from their prefix. A row
+    whose own tokens are fewer than ``keep`` gets its prefix's last logits in the column before its
+    first own token; columns before that are not defined (no caller reads them). ``last_run``: the
+    prefix cache is not needed afterwards (selected in place, not copied).
+    """
+    import copy
+
+    device = next(model.parameters()).device
+    which = [g for g, _ in run]
+    rows = [r for _, r in run]
     group_of = torch.tensor(which, dtype=torch.long)
+    cache = pre.cache if last_run else copy.deepcopy(pre.cache)
     cache.batch_select_indices(group_of.to(device))  # rows of one group share the prefix's keys and values
-    tails = [list(seqs[r][batch[g][0]:]) for g, r in zip(which, rows, strict=True)]
+    tails = [list(seqs[r][batch[g][0]:]) for g, r in run]
     t_ids, t_attn, t_pos = left_pad(tails, pad_id)
     start = torch.tensor([batch[g][0] for g in which], dtype=torch.long)
     width = t_ids.shape[1]
-    logits = _logits(model, t_ids, torch.cat([p_attn[group_of], t_attn], dim=1), t_pos + start[:, None],
+    logits = _logits(model, t_ids, torch.cat([pre.attn[group_of], t_attn], dim=1), t_pos + start[:, None],
                      min(keep, width), **{_cache_argument(model): cache}, use_cache=True)
     if keep > width:
         logits = torch.cat([logits.new_zeros(len(rows), keep - width, logits.shape[-1]), logits], dim=1)
     for r, tail in enumerate(tails):
         col = keep - 1 - len(tail)
         if col >= 0:
-            logits[r, col] = last[which[r]]
+            logits[r, col] = pre.last[which[r]]
     return rows, logits
 
 
@@ -169,13 +223,16 @@ def _batches(model, pad_id: int, seqs: Sequence[Sequence[int]], limits: Sequence
     """Yield (rows, logits of each row's last ``keep_of(rows)`` positions): the rows sharing a prefix
     with others from that prefix's cache, the rest as whole sequences sorted by length."""
     groups, alone = prefix_groups(seqs, limits) if share else ([], list(range(len(seqs))))
-    for batch in _shared_batches(groups, batch_size):
-        rows = [r for _, rs in batch for r in rs]
-        got = _shared_prefix_logits(model, pad_id, seqs, batch, keep_of(rows))
-        if got is not None:
-            yield got
-        else:
-            alone += rows
+    lengths = [len(x) for x in seqs]
+    for batch in _shared_batches(groups, batch_size, lengths):
+        pre = _prefix_pass(model, pad_id, seqs, batch)
+        if pre is None:
+            alone += [r for _, rs in batch for r in rs]
+            continue
+        runs = _tail_batches(batch, lengths, batch_size)
+        for k, run in enumerate(runs):
+            yield _tail_logits(model, pad_id, seqs, batch, pre, run, keep_of([r for _, r in run]),
+                               last_run=k == len(runs) - 1)
     order = sorted(alone, key=lambda i: len(seqs[i]))
     for s in range(0, len(order), batch_size):
         rows = order[s : s + batch_size]
@@ -218,9 +275,37 @@ def _continuation_logits(model, pad_id: int, prefixes: Sequence[list[int]], cont
     bar.close()
 
 
-def _token_logprob_sums(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> list[float]:
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return logp.masked_fill(~mask, 0.0).sum(-1).tolist()
+# Logits per tile of ``picked_logprobs`` (16 MiB in float32): a tile's passes stay in cache. On a 2-core
+# CPU, converting and log-softmaxing whole (16, 40, 49152) bfloat16 logits took longer than the
+# transformer's forward pass.
+TILE_ELEMENTS = 2**22
+
+
+def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature)[target] at each position (``(b, L, V)`` -> ``(b, L)``, float32;
+    0 where ``mask`` is False), computed in float32 tile by tile with no full-size float32 copy.
+    Positions before a row's first masked-in one (its left padding) are not computed."""
+    b, length, vocab = logits.shape
+    out = torch.zeros((b, length), dtype=torch.float32, device=logits.device)
+    rows = max(1, TILE_ELEMENTS // vocab)
+    on = mask.any(-1).tolist()
+    first = torch.where(mask.any(-1), mask.float().argmax(-1), length).tolist()
+    for r in range(b):
+        if not on[r]:
+            continue
+        for a in range(first[r], length, rows):
+            z = logits[r, a : a + rows].float()
+            if temperature != 1.0:
+                z = z / temperature
+            t = targets[r, a : a + rows]
+            out[r, a : a + rows] = z.gather(-1, t.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
+    return out.masked_fill(~mask, 0.0)
+
+
+def _token_logprob_sums(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                        temperature: float = 1.0) -> list[float]:
+    return picked_logprobs(logits, targets, mask, temperature).sum(-1).tolist()
 
 
 @torch.no_grad()
@@ -310,10 +395,9 @@ def sampled_logprobs(
     out: list[tuple[float, float, int]] = [(0.0, 0.0, 0)] * len(prefixes)
     for idx, logits, targets, mask in _continuation_logits(model, pad_id, prefixes, continuations, batch_size, desc,
                                                            share_prefixes):
-        scaled = logits / temperature
-        at_t = _token_logprob_sums(scaled, targets, mask)
-        sampled = _token_logprob_sums(truncate_logits(scaled, top_k, top_p, keep=targets), targets, mask) \
-            if truncated else at_t
+        at_t = _token_logprob_sums(logits, targets, mask, temperature)
+        sampled = _token_logprob_sums(truncate_logits(logits.float() / temperature, top_k, top_p, keep=targets),
+                                      targets, mask) if truncated else at_t
         for i, a, b in zip(idx, sampled, at_t, strict=True):
             out[i] = (a, b, len(continuations[i]))
     return out
@@ -330,7 +414,7 @@ def next_token_logprobs(model, pad_id: int, prefixes: Sequence[list[int]], token
     seqs = [list(p) for p in prefixes]
     limits = [len(p) - 1 for p in seqs]  # the last token's logits are the answer: it runs on its row
     for rows, logits in _batches(model, pad_id, seqs, limits, lambda _: 1, batch_size, share_prefixes):
-        logp = torch.log_softmax(logits[:, -1], dim=-1)
+        logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
         for r, i in enumerate(rows):
             out[i] = [float(logp[r, t]) for t in token_ids]
     return out

@@ -16,6 +16,7 @@ from rlaif.scoring import (
     chat_prefix_ids,
     continuation_logprobs,
     next_token_logprobs,
+    picked_logprobs,
     prefix_groups,
     sampled_logprobs,
     text_ids,
@@ -110,6 +111,57 @@ def test_next_token_logprobs_from_a_common_start(sharp_model):
     assert max(abs(x - y) for a, b in zip(shared, full, strict=True) for x, y in zip(a, b, strict=True)) <= 1e-4
     assert len({round(a[0], 3) for a in full}) > 3  # the chats' answers differ
     assert shared_tokens < 0.75 * counter.tokens
+
+
+def test_several_prefix_batches_and_runs_equal_full_sequences(sharp_model, monkeypatch):
+    """A 12-token budget per forward pass puts each group in a prefix pass of its own and splits its
+    rows into several runs by length, so the prefix cache is copied for every run but the last."""
+    import rlaif.scoring as scoring
+
+    tok, model = _model(sharp_model, torch.float32)
+    prefixes, conts = _rows(tok)
+    runs = []
+    real = scoring._tail_batches
+    monkeypatch.setattr(scoring, "_tail_batches", lambda *a: runs.append(real(*a)) or runs[-1])
+    monkeypatch.setattr(scoring, "_budget", lambda batch_size, lengths: 12)
+    shared = continuation_logprobs(model, tok.pad_token_id, prefixes, conts, batch_size=4)
+    full = continuation_logprobs(model, tok.pad_token_id, prefixes, conts, batch_size=4, share_prefixes=False)
+    assert len(runs) > 1 and max(len(r) for r in runs) > 1  # several passes, some with several runs
+    assert max(abs(a - b) for (a, _), (b, _) in zip(shared, full, strict=True)) <= TOLERANCE[torch.float32]
+
+
+def test_shared_batches_and_runs_cover_every_row_once_within_the_token_budget():
+    from rlaif.scoring import SHARED_ROWS_FACTOR, _shared_batches, _tail_batches
+
+    lengths = [60 + (i * 7) % 40 for i in range(40)]  # 20-token prefixes, own tokens 40-79
+    groups = [(20, list(range(g, 40, 8))) for g in range(8)]
+    batches = _shared_batches(groups, 4, lengths)
+    assert sorted(r for b in batches for _, rows in b for r in rows) == list(range(40))
+    for b in batches:
+        assert sum(len(rows) for _, rows in b) <= SHARED_ROWS_FACTOR * 4
+        runs = _tail_batches(b, lengths, 4)
+        assert sorted(r for run in runs for _, r in run) == sorted(r for _, rows in b for r in rows)
+        budget = 4 * max(lengths[r] for _, rows in b for r in rows)
+        own = [[lengths[r] - 20 for _, r in run] for run in runs]
+        assert all(len(o) * max(o) <= budget or len(o) == 1 for o in own)
+        assert all(o == sorted(o) for o in own) and [o[0] for o in own] == sorted(o[0] for o in own)
+
+
+def test_picked_logprobs_equals_log_softmax_and_skips_left_padding(monkeypatch):
+    import rlaif.scoring as scoring
+
+    monkeypatch.setattr(scoring, "TILE_ELEMENTS", 3 * 50)  # tiles of 3 positions
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 50, generator=g).to(torch.bfloat16)
+    targets = torch.randint(0, 50, (3, 7), generator=g)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[0, 2:] = True
+    mask[1, :] = True  # row 2: nothing to score
+    for temperature in (1.0, 0.7):
+        got = picked_logprobs(logits, targets, mask, temperature)
+        ref = torch.log_softmax(logits.float() / temperature, -1).gather(-1, targets[..., None])[..., 0]
+        torch.testing.assert_close(got, ref.masked_fill(~mask, 0.0), rtol=1e-6, atol=1e-6)
+        assert got.dtype == torch.float32 and not got[2].any() and not got[0, :2].any()
 
 
 def test_prefix_groups_keep_each_prompt_together():
