@@ -183,19 +183,25 @@ def test_kl_estimate_converges_to_the_exact_kl(kl_models, temperature, top_p, to
 
 @torch.no_grad()
 def test_policy_logprob_is_that_of_the_distribution_generate_sampled_from(kl_models):
-    """Per response, the policy's log-prob in evaluation equals the sum of log-softmax of the
-    processed scores model.generate returned while sampling it (temperature, top-k, top-p)."""
+    """Per response, the policy's log-prob in evaluation equals the sum of log-softmax of the logits
+    model.generate saw while sampling it, processed by transformers' own temperature, top-k and
+    top-p warpers (the distribution its sampler would draw from)."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
     pol, ref, tok = kl_models
     gen = HFGenerator("tiny", max_new_tokens=6, temperature=0.8, top_p=0.85, top_k=40, dtype="float32")
     config = gen.generation_config(tok, [tok.eos_token_id])
+    warp = LogitsProcessorList([TemperatureLogitsWarper(0.8), TopKLogitsWarper(40), TopPLogitsWarper(0.85)])
     ids, attn, _ = left_pad([chat_prefix_ids(tok, PROMPTS[0].messages)] * 24, tok.pad_token_id)
     torch.manual_seed(0)
-    out = pol.generate(input_ids=ids, attention_mask=attn, generation_config=config, output_scores=True,
-                       return_dict_in_generate=True)
+    out = pol.generate(input_ids=ids, attention_mask=attn, generation_config=config, logits_processor=[gen.sampler()],
+                       output_logits=True, return_dict_in_generate=True)
     policy, expected = [], []
     for r, row in enumerate(out.sequences[:, ids.shape[1] :].tolist()):
         n = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
-        expected.append(sum(float(torch.log_softmax(out.scores[t][r].float(), -1)[row[t]]) for t in range(n)))
+        scores = [warp(None, out.logits[t][r : r + 1].float())[0] for t in range(n)]
+        assert all(math.isfinite(float(scores[t][row[t]])) for t in range(n))  # every draw inside the nucleus
+        expected.append(sum(float(torch.log_softmax(scores[t], -1)[row[t]]) for t in range(n)))
         policy.append(Candidate("p0", r, tok.decode(row[:n], skip_special_tokens=True), n, n < len(row), "tiny",
                                 token_ids=row[:n], sampling=gen.distribution()))
     samples, _ = evaluate(PROMPTS[:1], policy, policy, Scorers(CallableJudge(function=number)), KLModels(pol, ref, tok, 8))

@@ -136,3 +136,21 @@ def test_batches_hold_prompts_of_similar_length_and_candidates_return_in_prompt_
     calls = len(widths)
     assert gen.generate(model, tok, prompts, seed=1, journal=Journal(tmp_path / "journal.jsonl")) == cands
     assert len(widths) == calls
+
+
+def test_gumbel_sampler_draws_from_the_truncated_softmax():
+    """Argmax over GumbelSampler's scores is a draw from softmax(logits / T) after top-k and top-p:
+    the frequencies of 40,000 draws match those probabilities, and no token outside the nucleus
+    is ever drawn."""
+    from rlaif.generators.hf import GumbelSampler
+    from rlaif.scoring import truncate_logits
+
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.2, -0.5, -1.0, -3.0, -8.0]]).repeat(40_000, 1)
+    for temperature, top_k, top_p in ((1.0, 0, 1.0), (0.7, 5, 0.9)):
+        torch.manual_seed(0)
+        drawn = GumbelSampler(temperature, top_k, top_p)(None, logits).argmax(-1)
+        probs = torch.softmax(truncate_logits(logits[:1] / temperature, top_k, top_p), -1)[0]
+        freq = torch.bincount(drawn, minlength=8).double() / len(drawn)
+        sem = (probs * (1 - probs) / len(drawn)).sqrt()
+        assert torch.all((freq - probs).abs() <= 4 * sem + 1e-9), (freq, probs)
+        assert freq[probs == 0].sum() == 0

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from rlaif import progress
 from rlaif.options import Count, Dtype, Options, Positive
-from rlaif.scoring import chat_prefix_ids, left_pad
+from rlaif.scoring import _cache_argument, chat_prefix_ids, left_pad
 from rlaif.types import Candidate, Prompt
 
 log = logging.getLogger(__name__)
@@ -119,13 +119,17 @@ class HFGenerator:
                 "max_new_tokens": int(self.max_new_tokens)}
 
     def generation_config(self, tokenizer, eos_ids: list[int]):
-        """A clean GenerationConfig: this generator's settings, every other processor off."""
+        """A clean GenerationConfig, every processor off: ``generate`` picks the highest score, and
+        ``GumbelSampler`` (passed beside it) makes that a draw from this generator's distribution."""
         from transformers import GenerationConfig
 
-        return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                                max_new_tokens=self.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                eos_token_id=eos_ids, **{k: v for k, v in _NEUTRAL.items() if v is not None
-                                                         and k not in ("temperature", "top_p", "top_k")})
+        return GenerationConfig(do_sample=False, max_new_tokens=self.max_new_tokens,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids,
+                                **{k: v for k, v in _NEUTRAL.items() if v is not None
+                                   and k not in ("temperature", "top_p", "top_k")})  # unused without do_sample
+
+    def sampler(self):
+        return GumbelSampler(self.temperature, self.top_k, self.top_p)
 
     @torch.no_grad()
     def generate(self, model, tokenizer, prompts: list[Prompt], k: int | None = None, seed: int = 0,
@@ -155,10 +159,11 @@ class HFGenerator:
                 continue
             input_ids, attn, _ = left_pad([prefix[q] for q, _ in batch], tokenizer.pad_token_id)
             width = input_ids.shape[1]
+            cache = _prompt_cache(model, [q for q, _ in batch], prefix, tokenizer.pad_token_id)
             torch.manual_seed(seed * 1_000_003 + b)
             with _only(model, config):
                 gen = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device),
-                                     generation_config=config)
+                                     generation_config=config, logits_processor=[self.sampler()], **cache)
             new = gen[:, width:].cpu()
             made = []
             for r, (q, i) in enumerate(batch):
@@ -178,6 +183,61 @@ class HFGenerator:
         bar.close()
         back = sorted(range(len(jobs)), key=lambda j: jobs[j])  # prompt order, then candidate index
         return [out[j] for j in back]
+
+
+class GumbelSampler:
+    """A logits processor that turns ``generate``'s greedy pick into a draw from softmax(logits / T)
+    truncated by top-k and top-p (transformers' rule, ``rlaif.scoring.truncate_logits``): it adds
+    Gumbel noise -log(-log U), U ~ Uniform[0, 1), to every score, and the argmax of logits plus
+    Gumbel noise is distributed as the softmax (the Gumbel-max trick). The draws come from torch's
+    global generator, seeded per batch. On a 2-core CPU ``torch.multinomial`` over SmolLM2's 49,152
+    tokens took 53 ms per step for 32 rows, 29% of generation.
+
+    Uniforms in float32 cap the noise at 16.6 (U = 1 - 2^-24): a token more than 16.6 nats below the
+    best can then never win, where exact sampling draws it with probability below e^-16.6 = 6e-8
+    times the best token's. U = 0 gives -inf: that token is skipped for the step, with probability
+    2^-24."""
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+
+    def __call__(self, input_ids, scores: torch.Tensor) -> torch.Tensor:
+        from rlaif.scoring import truncate_logits
+
+        z = scores.float()
+        if self.temperature != 1.0:
+            z = z / self.temperature
+        if self.top_k or self.top_p < 1.0:
+            z = truncate_logits(z, self.top_k, self.top_p)
+        u = torch.rand(z.shape, dtype=torch.float32, device=z.device)
+        return z - torch.log(-torch.log(u))
+
+
+@torch.no_grad()
+def _prompt_cache(model, rows: list[int], prefix: list[list[int]], pad_id: int) -> dict:
+    """``{"past_key_values": cache}`` over all but the last token of each row's prompt, computed once
+    per distinct prompt and copied to its rows (the k candidates of a prompt share it), for
+    ``generate`` to start from; empty when no prompt repeats in the batch or the model returns no
+    cache whose rows can be selected. The prompts are left-padded exactly as ``generate``'s input
+    is, so the cache covers its first columns."""
+    distinct = list(dict.fromkeys(rows))
+    if len(distinct) == len(rows) or min(len(prefix[q]) for q in distinct) < 2:
+        return {}
+    device = next(model.parameters()).device
+    ids, attn, pos = left_pad([prefix[q] for q in distinct], pad_id)
+    ids, attn, pos = ids[:, :-1], attn[:, :-1], pos[:, :-1]
+    kwargs = {"input_ids": ids.to(device), "attention_mask": attn.to(device), "position_ids": pos.to(device),
+              "use_cache": True}
+    try:
+        out = model(**kwargs, logits_to_keep=1)
+    except TypeError:  # architectures without logits_to_keep
+        out = model(**kwargs)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        return {}
+    where = {q: i for i, q in enumerate(distinct)}
+    cache.batch_select_indices(torch.tensor([where[q] for q in rows], device=device))
+    return {_cache_argument(model): cache}
 
 
 def bucketed(prefix: list[list[int]]) -> list[int]:
