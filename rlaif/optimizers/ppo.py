@@ -217,6 +217,8 @@ class _PPORun(PPORolloutMixin, PPOUpdateMixin, PPOCheckpointMixin):
         from accelerate.state import AcceleratorState, GradientState
         from transformers import GenerationConfig
 
+        from rlaif.generators.hf import GumbelSampler
+
         opt, ctx = self.opt, self.ctx
         # Accelerate keeps one process-wide state; another trainer earlier in this process (a test, a
         # pipeline comparing optimizers) may have set a different precision. transformers' Trainer
@@ -239,10 +241,11 @@ class _PPORun(PPORolloutMixin, PPOUpdateMixin, PPOCheckpointMixin):
 
         self.pad_id, self.eos_id = self.tok.pad_token_id, self.tok.eos_token_id
         # A fresh generation config: the model's own defaults (top_k, repetition penalty) would make
-        # the sampler differ from the distribution whose log-probs PPO trains.
-        self.gen_config = GenerationConfig(do_sample=True, temperature=ctx.temperature, top_p=ctx.top_p, top_k=0,
-                                           max_new_tokens=ctx.max_new_tokens, pad_token_id=self.pad_id,
-                                           eos_token_id=[self.eos_id])
+        # the sampler differ from the distribution whose log-probs PPO trains. generate picks the
+        # highest score; GumbelSampler makes that a draw at the temperature and top-p (as HFGenerator).
+        self.gen_config = GenerationConfig(do_sample=False, max_new_tokens=ctx.max_new_tokens,
+                                           pad_token_id=self.pad_id, eos_token_id=[self.eos_id])
+        self.sampler = GumbelSampler(ctx.temperature, 0, ctx.top_p)
         self.kl_ctl = (pm.FixedKLController(opt.kl_coef) if opt.target_kl is None
                        else pm.AdaptiveKLController(opt.kl_coef, opt.target_kl, opt.kl_horizon))
         self.moments = pm.RunningMoments()

@@ -115,7 +115,7 @@ class PPORolloutMixin:
                 for s in range(0, len(queries), fb):
                     ids, attn, _ = left_pad(queries[s : s + fb], self.pad_id)
                     out = policy.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev),
-                                          generation_config=self.gen_config)
+                                          generation_config=self.gen_config, logits_processor=[self.sampler])
                     for row in out[:, ids.shape[1] :].tolist():
                         n = row.index(self.eos_id) + 1 if self.eos_id in row else len(row)
                         responses.append(row[:n])
