@@ -83,12 +83,18 @@ def _cpu_bf16_flags() -> tuple[bool | None, str]:
     return False, f"the CPU has neither AMX nor AVX512-BF16 (torch capability {cap})"
 
 
+# A bfloat16 matmul this many times slower than float32 is emulated, whatever the CPU reports
+# (native: 0.2-1x here; emulated: 75-145x).
+NOT_NATIVE_SLOWDOWN = 2.0
+
+
 def decide(cuda: str | None, cuda_bf16: bool, cpu_flags: bool | None, why: str, slowdown: float | None) -> Precision:
     """The rule, from what the machine reports.
 
     ``cuda``: the CUDA device's name, or None on CPU; ``cpu_flags``: whether the CPU reports native
     bfloat16 (None when torch cannot tell, and then the measured ``slowdown`` -- bfloat16 matmul
-    time over float32 -- decides: native bfloat16 is no slower).
+    time over float32 -- decides: native bfloat16 is no slower). Reported support with a slowdown
+    above ``NOT_NATIVE_SLOWDOWN`` counts as emulated.
     """
     if cuda is not None:
         if cuda_bf16:
@@ -97,6 +103,11 @@ def decide(cuda: str | None, cuda_bf16: bool, cpu_flags: bool | None, why: str, 
     if cpu_flags is None:
         cpu_flags = slowdown is not None and slowdown <= 1.0
         why = "a measured bfloat16 matmul was " + ("no slower" if cpu_flags else "slower") + " than float32"
+    elif cpu_flags and slowdown is not None and slowdown > NOT_NATIVE_SLOWDOWN:
+        # The hardware has it but torch's kernels do not use it (ATEN_CPU_CAPABILITY or
+        # ONEDNN_MAX_CPU_ISA set lower, a build without them): measured 145x slower than float32.
+        cpu_flags = False
+        why += ", but a measured bfloat16 matmul was much slower than float32 (its kernels are not native here)"
     # The reason stays free of the measured number, so that it can sit in a run's summary, which
     # reruns reproduce exactly; the number is in the manifest (bf16_slowdown).
     if cpu_flags:

@@ -44,6 +44,10 @@ def test_the_rule():
     # Where torch cannot tell, the measured probe decides.
     assert precision.decide(None, False, None, "", 0.6).dtype == "bfloat16"
     assert precision.decide(None, False, None, "", 40.0).dtype == "float32"
+    # Reported support whose kernels are not used (ATEN_CPU_CAPABILITY=avx2 on an AMX CPU) is emulated.
+    off = precision.decide(None, False, True, "the CPU has AMX", 145.0)
+    assert (off.dtype, off.native_bf16) == ("float32", False) and "not native" in off.reason
+    assert precision.decide(None, False, True, "the CPU has AMX", precision.NOT_NATIVE_SLOWDOWN).dtype == "bfloat16"
 
 
 def test_detect_follows_what_torch_reports_on_this_machine():
