@@ -8,8 +8,9 @@ SmolLM2-135M and 8 pairs of ~60 tokens, that fallback took 30 s of a 49 s DPO ru
 transformer itself.
 
 ``plain_lm_head()`` swaps in ``PlainLogProbFunction`` while a trainer is built and trained. It
-has the same inputs and outputs and computes the logits with one matmul, then one log-softmax, and
-lets autograd do the backward pass. It falls back to TRL's kernel on Triton devices, for DTensor
+has the same inputs and outputs; it computes the logits with one matmul and keeps them, takes the
+softmax statistics in float32 tile by tile, and in the backward pass turns each tile into its
+gradient in place before one matmul per input. It falls back to TRL's kernel on Triton devices, for DTensor
 weights (FSDP) and when the logits would exceed ``MAX_LOGITS`` elements (``tokens x vocab``; 512 MiB
 in float32), so memory stays bounded on long sequences. The values agree with TRL's to float
 rounding (tests/test_lm_head.py).
