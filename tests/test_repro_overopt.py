@@ -229,7 +229,9 @@ def test_study_end_to_end_on_the_tiny_model(tiny_model, tmp_path):
     ov = ["experiment=paper/overoptimization_cpu", f"policy.model={tiny_model}", f"cache.dir={tmp_path / 'cache'}",
           "tracker=none", "data.num_train=4", "data.num_eval=2", "generator.num_candidates=3",
           "generator.max_new_tokens=6", "generator.dtype=float32", "evaluation.samples_per_prompt=2",
-          "preferences.min_margin=0.0",  # the tiny model's random text: VADER near-ties would leave no pairs
+          # the tiny model's random text: VADER scores most of it 0 and can leave no pair at all, so the
+          # contrastive judge (which always separates candidates) labels the proxy's pairs
+          "judge=contrastive", "judge.dtype=float32", "preferences.min_margin=0.0",
           "reward_model.batch_size=4", "reward_model.eval_fraction=0", "reward_model.epochs=1",
           "reward_model.learning_rate=1e-3", "reward_model.mixed_precision=no", "reward_model.judge_dtype=float32",
           "study.analysis_options.samples_per_prompt=4", "study.analysis_options.ns=[1,2,4]",
