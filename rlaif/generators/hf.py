@@ -26,7 +26,7 @@ from pydantic import Field
 
 from rlaif import progress
 from rlaif.options import Count, Dtype, Options, Positive
-from rlaif.scoring import _cache_argument, chat_prefix_ids, left_pad
+from rlaif.scoring import _cache_argument, _prefix_pass, chat_prefix_ids, left_pad
 from rlaif.types import Candidate, Prompt
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class GumbelSampler:
 
 @torch.no_grad()
 def _prompt_cache(model, rows: list[int], prefix: list[list[int]], pad_id: int) -> dict:
-    """``{"past_key_values": cache}`` over all but the last token of each row's prompt, computed once
+    """``{<cache argument>: cache}`` over all but the last token of each row's prompt, computed once
     per distinct prompt and copied to its rows (the k candidates of a prompt share it), for
     ``generate`` to start from; empty when no prompt repeats in the batch or the model returns no
     cache whose rows can be selected. The prompts are left-padded exactly as ``generate``'s input
@@ -223,18 +223,11 @@ def _prompt_cache(model, rows: list[int], prefix: list[list[int]], pad_id: int) 
     distinct = list(dict.fromkeys(rows))
     if len(distinct) == len(rows) or min(len(prefix[q]) for q in distinct) < 2:
         return {}
-    device = next(model.parameters()).device
-    ids, attn, pos = left_pad([prefix[q] for q in distinct], pad_id)
-    ids, attn, pos = ids[:, :-1], attn[:, :-1], pos[:, :-1]
-    kwargs = {"input_ids": ids.to(device), "attention_mask": attn.to(device), "position_ids": pos.to(device),
-              "use_cache": True}
-    try:
-        out = model(**kwargs, logits_to_keep=1)
-    except TypeError:  # architectures without logits_to_keep
-        out = model(**kwargs)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    if cache is None or not hasattr(cache, "batch_select_indices"):
+    # each prompt but its last token, left-padded: the first columns of generate's padded input
+    pre = _prefix_pass(model, pad_id, prefix, [(len(prefix[q]) - 1, [q]) for q in distinct])
+    if pre is None:
         return {}
+    cache, device = pre.cache, next(model.parameters()).device
     where = {q: i for i, q in enumerate(distinct)}
     cache.batch_select_indices(torch.tensor([where[q] for q in rows], device=device))
     return {_cache_argument(model): cache}
