@@ -218,12 +218,137 @@ def _tail_logits(model, pad_id: int, seqs: Sequence[Sequence[int]], batch: list[
     return rows, logits
 
 
+# Rows per packed sequence (one prefix and the own tokens of this many rows after it): attention over
+# a packed sequence costs its length squared, so a large group is split into parts of this many rows.
+PACK_ROWS = 16
+
+
+def _packed_parts(groups: list[tuple[int, list[int]]], batch_size: int,
+                  lengths: Sequence[int]) -> list[list[tuple[int, list[int]]]]:
+    """Groups split into parts of at most ``PACK_ROWS`` rows, and the parts into forward passes of at
+    most the tokens of ``batch_size`` of their longest rows run whole (counted with the padding to
+    the pass's longest prefix and longest own tokens). Parts are sorted by prefix length, then by own
+    tokens, so parts padded together are alike."""
+    parts = [(n, rows[s : s + PACK_ROWS]) for n, rows in groups for s in range(0, len(rows), PACK_ROWS)]
+    parts.sort(key=lambda part: (part[0], sum(lengths[r] for r in part[1])))
+    batches: list[list[tuple[int, list[int]]]] = []
+    for part in parts:
+        if batches:
+            grown = [*batches[-1], part]
+            width = max(n for n, _ in grown) + max(sum(lengths[r] - n for r in rs) for n, rs in grown)
+            if len(grown) * width <= _budget(batch_size, [lengths[r] for _, rs in grown for r in rs]):
+                batches[-1].append(part)
+                continue
+        batches.append([part])
+    return batches
+
+
+def _packed_logits(model, pad_id: int, seqs: Sequence[Sequence[int]], batch: list[tuple[int, list[int]]],
+                   keep: int) -> tuple[list[int], torch.Tensor]:
+    """(rows, logits of each row's last ``keep`` positions (b, keep, V)) for a batch of groups, each
+    packed into one sequence: its prefix once, then every row's own tokens one after another.
+
+    A 4D attention mask lets each row's tokens see the prefix and their own earlier tokens only, and
+    their position ids continue from the prefix, so each row's logits are those of its full sequence.
+    Prefixes are left-padded to end in one column, so the LM head runs from there on only. A row's
+    positions before the prefix's last are not defined (zeros; no caller reads them).
+    """
+    device = next(model.parameters()).device
+    start = max(n for n, _ in batch)  # the column after every prefix's last token
+    width = start + max(sum(len(seqs[r]) - n for r in rows) for n, rows in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(batch), width), dtype=torch.long)
+    seg = torch.full((len(batch), width), -1, dtype=torch.long)  # 0: the prefix, k: row k's own tokens, -1: padding
+    rows, src_row, src_col = [], [], []
+    for b, (n, members) in enumerate(batch):
+        ids[b, start - n : start] = torch.tensor(list(seqs[members[0]][:n]), dtype=torch.long)
+        pos[b, start - n : start] = torch.arange(n)
+        seg[b, start - n : start] = 0
+        col = start
+        for k, r in enumerate(members, 1):
+            own = list(seqs[r][n:])
+            ids[b, col : col + len(own)] = torch.tensor(own, dtype=torch.long)
+            pos[b, col : col + len(own)] = torch.arange(n, n + len(own))
+            seg[b, col : col + len(own)] = k
+            # full-sequence position q sits in column (start - n + q) in the prefix, (col + q - n) after it
+            qs = range(len(seqs[r]) - keep, len(seqs[r]))
+            src_col.append([col + q - n if q >= n else start - n + q if q >= n - 1 else -1 for q in qs])
+            src_row.append(b)
+            rows.append(r)
+            col += len(own)
+    same = seg[:, :, None] == seg[:, None, :]
+    sees_prefix = (seg[:, None, :] == 0) & (seg[:, :, None] > 0)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = (same | sees_prefix) & causal
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    kwargs = {"input_ids": ids.to(device), "attention_mask": mask[:, None].to(device), "position_ids": pos.to(device)}
+    first = start - 1  # the LM head runs from the last prefix column on
+    cols = torch.tensor(src_col, dtype=torch.long)
+    where = (torch.tensor(src_row)[:, None].to(device), (cols - first).clamp(min=0).to(device))
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:  # the rows' positions are picked from the hidden states, before the LM head
+        handle = head.register_forward_pre_hook(lambda module, args: (args[0][where], *args[1:]))
+    try:
+        try:
+            logits = model(**kwargs, logits_to_keep=torch.arange(first, width, device=device)).logits
+        except TypeError:  # architectures without logits_to_keep
+            logits = model(**kwargs).logits[:, first:]
+    finally:
+        if head is not None:
+            handle.remove()
+    if head is None:
+        logits = logits[where]
+    undefined = (cols < 0).to(device)
+    if undefined.any():
+        logits[undefined] = 0
+    return rows, logits
+
+
+# Models whose forward pass honours a 4D attention mask (checked once per model against full sequences).
+_PACKING_WORKS: dict[int, bool] = {}
+
+
+def _packable(model) -> bool:
+    """Whether rows sharing a prefix can run packed (``_packed_logits``) on this model: its attention
+    takes a custom 4D mask (eager or SDPA attention; flash-attention kernels ignore such masks), and a
+    two-row probe gives the full sequences' logits. Otherwise they run from the prefix's cache."""
+    key = id(model)
+    if key not in _PACKING_WORKS:
+        impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        _PACKING_WORKS[key] = impl in ("sdpa", "eager") and _probe_packing(model)
+    return _PACKING_WORKS[key]
+
+
+def _probe_packing(model) -> bool:
+    vocab = model.get_input_embeddings().weight.shape[0]
+    g = torch.Generator().manual_seed(0)
+    toks = torch.randint(3, max(vocab, 4), (13,), generator=g).tolist()
+    seqs = [toks[:8] + toks[8:11], toks[:8] + toks[11:]]  # an 8-token prefix, own tokens of 3 and 2
+    try:
+        with torch.no_grad():
+            _, packed = _packed_logits(model, 0, seqs, [(8, [0, 1])], keep=3)
+            full = [_logits(model, *left_pad([s], 0), keep=3)[0] for s in seqs]
+    except Exception:  # noqa: BLE001 - any failure means: use the cache path
+        return False
+    for r in range(2):
+        a, b = packed[r, -2:].float(), full[r][-2:].float()  # row 1's first column is not defined
+        if not torch.allclose(a, b, atol=0.1 + 0.02 * float(b.abs().max()), rtol=0):
+            return False
+    return True
+
+
 def _batches(model, pad_id: int, seqs: Sequence[Sequence[int]], limits: Sequence[int], keep_of, batch_size: int,
              share: bool):
     """Yield (rows, logits of each row's last ``keep_of(rows)`` positions): the rows sharing a prefix
-    with others from that prefix's cache, the rest as whole sequences sorted by length."""
+    with others packed behind it (or from that prefix's cache), the rest as whole sequences sorted by
+    length."""
     groups, alone = prefix_groups(seqs, limits) if share else ([], list(range(len(seqs))))
     lengths = [len(x) for x in seqs]
+    if groups and _packable(model):
+        for batch in _packed_parts(groups, batch_size, lengths):
+            yield _packed_logits(model, pad_id, seqs, batch, keep_of([r for _, rs in batch for r in rs]))
+        groups = []
     for batch in _shared_batches(groups, batch_size, lengths):
         pre = _prefix_pass(model, pad_id, seqs, batch)
         if pre is None:

@@ -1,5 +1,7 @@
-"""Shared-prefix scoring (rlaif/scoring.py): rows with a common prefix run it once from a key/value
-cache, and give the numbers a forward pass over every full sequence gives, within float error.
+"""Shared-prefix scoring (rlaif/scoring.py): rows with a common prefix run it once, packed with the
+rows' own tokens behind it under a 4D attention mask (or, where a model cannot take such a mask,
+from the prefix's key/value cache), and give the numbers a forward pass over every full sequence
+gives, within float error. Each test of the numbers runs both ways.
 
 The model is the sharp tiny model (its output depends strongly on context), so reading a wrong
 position, a wrong cache row or a wrong position id changes the log-probabilities by far more
@@ -41,6 +43,16 @@ def _model(path: str, dtype):
     return load_tokenizer(path), load_causal_lm(path, "float32").to(dtype).eval()
 
 
+@pytest.fixture(params=["packed", "cache"])
+def path(request, monkeypatch):
+    """Which way shared prefixes run: packed sequences, or the prefix's cache (models without 4D masks)."""
+    import rlaif.scoring as scoring
+
+    if request.param == "cache":
+        monkeypatch.setattr(scoring, "_packable", lambda model: False)
+    return request.param
+
+
 class TokenCounter:
     """Counts the tokens (attention-masked positions excluded) each forward pass of the model runs."""
 
@@ -67,7 +79,7 @@ def _rows(tok):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_shared_prefix_equals_full_sequences(sharp_model, dtype):
+def test_shared_prefix_equals_full_sequences(sharp_model, dtype, path):
     tok, model = _model(sharp_model, dtype)
     prefixes, conts = _rows(tok)
     conts[3] = []  # an empty continuation keeps (0.0, 0)
@@ -85,7 +97,7 @@ def test_shared_prefix_equals_full_sequences(sharp_model, dtype):
     assert shared_tokens < 0.75 * counter.tokens  # each prefix ran once per group, not once per row
 
 
-def test_shared_prefix_sampled_logprobs_with_truncation(sharp_model):
+def test_shared_prefix_sampled_logprobs_with_truncation(sharp_model, path):
     tok, model = _model(sharp_model, torch.float32)
     prefixes, conts = _rows(tok)
     sampling = Sampling(temperature=0.7, top_p=0.9, top_k=20)
@@ -96,7 +108,7 @@ def test_shared_prefix_sampled_logprobs_with_truncation(sharp_model):
         assert a[0] == pytest.approx(b[0], abs=1e-4) and a[1] == pytest.approx(b[1], abs=1e-4)
 
 
-def test_next_token_logprobs_from_a_common_start(sharp_model):
+def test_next_token_logprobs_from_a_common_start(sharp_model, path):
     """Pairwise chats of one prompt share their question: its start runs once, answers are unchanged."""
     tok, model = _model(sharp_model, torch.float32)
     chats = [[{"role": "user", "content": f"{TASKS[0]}\n\nResponse 1:\n{a}\n\nResponse 2:\n{b}\n\nAnswer 1 or 2."}]
@@ -120,6 +132,7 @@ def test_several_prefix_batches_and_runs_equal_full_sequences(sharp_model, monke
 
     tok, model = _model(sharp_model, torch.float32)
     prefixes, conts = _rows(tok)
+    monkeypatch.setattr(scoring, "_packable", lambda model: False)
     runs = []
     real = scoring._tail_batches
     monkeypatch.setattr(scoring, "_tail_batches", lambda *a: runs.append(real(*a)) or runs[-1])
@@ -128,6 +141,65 @@ def test_several_prefix_batches_and_runs_equal_full_sequences(sharp_model, monke
     full = continuation_logprobs(model, tok.pad_token_id, prefixes, conts, batch_size=4, share_prefixes=False)
     assert len(runs) > 1 and max(len(r) for r in runs) > 1  # several passes, some with several runs
     assert max(abs(a - b) for (a, _), (b, _) in zip(shared, full, strict=True)) <= TOLERANCE[torch.float32]
+
+
+def test_several_packed_passes_and_split_groups_equal_full_sequences(sharp_model, monkeypatch):
+    """Groups split into parts of 2 rows, several parts per pass with prefixes of different lengths
+    padded to end in one column: each row still reads its own positions."""
+    import rlaif.scoring as scoring
+
+    tok, model = _model(sharp_model, torch.float32)
+    prefixes, conts = _rows(tok)
+    passes = []
+    real = scoring._packed_parts
+    monkeypatch.setattr(scoring, "_packed_parts", lambda *a: passes.append(real(*a)) or passes[-1])
+    monkeypatch.setattr(scoring, "PACK_ROWS", 2)
+    shared = continuation_logprobs(model, tok.pad_token_id, prefixes, conts, batch_size=8)
+    full = continuation_logprobs(model, tok.pad_token_id, prefixes, conts, batch_size=8, share_prefixes=False)
+    batches = passes[0]
+    assert len(batches) > 1 and max(len(b) for b in batches) > 1
+    assert all(len(rows) <= 2 for b in batches for _, rows in b)
+    assert any(len({n for n, _ in b}) > 1 for b in batches)  # prefixes of different lengths in one pass
+    assert max(abs(a - b) for (a, _), (b, _) in zip(shared, full, strict=True)) <= TOLERANCE[torch.float32]
+
+
+def test_packed_parts_cover_every_row_once_within_the_token_budget():
+    from rlaif.scoring import PACK_ROWS, _packed_parts
+
+    lengths = [60 + (i * 7) % 40 for i in range(80)]  # 20-token prefixes, own tokens 40-79
+    groups = [(20, list(range(g, 80, 4))) for g in range(4)]  # 20 rows each: split in parts
+    batches = _packed_parts(groups, 4, lengths)
+    assert sorted(r for b in batches for _, rows in b for r in rows) == list(range(80))
+    for b in batches:
+        assert all(len(rows) <= PACK_ROWS for _, rows in b)
+        width = 20 + max(sum(lengths[r] - 20 for r in rows) for _, rows in b)
+        assert len(b) == 1 or len(b) * width <= 4 * max(lengths[r] for _, rows in b for r in rows)
+
+
+def test_packing_probe_rejects_a_model_that_ignores_the_4d_mask(sharp_model):
+    """A model whose attention drops the custom mask (as flash-attention kernels do) would let rows see
+    each other's tokens: the probe catches it, and its rows run from the prefix's cache instead."""
+    import rlaif.scoring as scoring
+
+    tok, model = _model(sharp_model, torch.float32)
+    assert scoring._probe_packing(model)
+
+    def drop_4d_mask(module, args, kwargs):
+        if kwargs.get("attention_mask") is not None and kwargs["attention_mask"].dim() == 4:
+            kwargs["attention_mask"] = None
+        return args, kwargs
+
+    handle = model.register_forward_pre_hook(drop_4d_mask, with_kwargs=True)
+    try:
+        assert not scoring._probe_packing(model)
+        scoring._PACKING_WORKS.pop(id(model), None)
+        prefixes, conts = _rows(tok)
+        shared = continuation_logprobs(model, tok.pad_token_id, prefixes, conts, batch_size=4)
+        full = continuation_logprobs(model, tok.pad_token_id, prefixes, conts, batch_size=4, share_prefixes=False)
+        assert max(abs(a - b) for (a, _), (b, _) in zip(shared, full, strict=True)) <= TOLERANCE[torch.float32]
+    finally:
+        handle.remove()
+        scoring._PACKING_WORKS.pop(id(model), None)
 
 
 def test_shared_batches_and_runs_cover_every_row_once_within_the_token_budget():
