@@ -6,8 +6,11 @@ continuation's tokens whatever the chat template does at the boundary.
 
 Rows that share a prefix (the k candidates of one prompt under one judge instruction, the
 comparisons of one prompt by a pairwise judge, the samples of one prompt in evaluation) are
-scored from one forward pass over that prefix: its key/value cache is computed once, copied to
-each row, and only the rows' own tokens run through the model. In exact arithmetic this gives the
+scored with that prefix run once: the prefix is packed into one sequence with every row's own
+tokens behind it, under a 4D attention mask that lets each row see only the prefix and itself,
+with position ids that continue from the prefix. Models whose attention cannot take such a mask
+(flash-attention kernels; checked once per model by a probe) run the prefix with a key/value
+cache instead, copied to each row, and only the rows' own tokens after it. In exact arithmetic this gives the
 same numbers as a forward pass over every full sequence (a causal model's state at a prefix does
 not depend on what follows it); in floating point the two differ in the last bits (float32:
 about 1e-5 per summed log-probability; bf16: about 1e-2, the same as changing the batch).
