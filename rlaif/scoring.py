@@ -18,6 +18,7 @@ about 1e-5 per summed log-probability; bf16: about 1e-2, the same as changing th
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -124,16 +125,22 @@ def _shared_batches(groups: list[tuple[int, list[int]]], batch_size: int,
     cap = SHARED_ROWS_FACTOR * batch_size
     parts = [(n, rows[s : s + cap]) for n, rows in sorted(groups, key=lambda g: g[0])
              for s in range(0, len(rows), cap)]
+
+    def fits(grown) -> bool:
+        budget = _budget(batch_size, [lengths[r] for _, rs in grown for r in rs])
+        return sum(len(r) for _, r in grown) <= cap and len(grown) * grown[-1][0] <= budget
+
+    return _fill(parts, fits)
+
+
+def _fill(parts: list[tuple[int, list[int]]], fits) -> list[list[tuple[int, list[int]]]]:
+    """Consecutive parts in one forward pass while ``fits(parts of the pass)``."""
     batches: list[list[tuple[int, list[int]]]] = []
     for part in parts:
-        if batches:
-            grown = [*batches[-1], part]
-            rows = sum(len(r) for _, r in grown)
-            budget = _budget(batch_size, [lengths[r] for _, rs in grown for r in rs])
-            if rows <= cap and len(grown) * part[0] <= budget:
-                batches[-1].append(part)
-                continue
-        batches.append([part])
+        if batches and fits([*batches[-1], part]):
+            batches[-1].append(part)
+        else:
+            batches.append([part])
     return batches
 
 
@@ -234,16 +241,12 @@ def _packed_parts(groups: list[tuple[int, list[int]]], batch_size: int,
     tokens, so parts padded together are alike."""
     parts = [(n, rows[s : s + PACK_ROWS]) for n, rows in groups for s in range(0, len(rows), PACK_ROWS)]
     parts.sort(key=lambda part: (part[0], sum(lengths[r] for r in part[1])))
-    batches: list[list[tuple[int, list[int]]]] = []
-    for part in parts:
-        if batches:
-            grown = [*batches[-1], part]
-            width = max(n for n, _ in grown) + max(sum(lengths[r] - n for r in rs) for n, rs in grown)
-            if len(grown) * width <= _budget(batch_size, [lengths[r] for _, rs in grown for r in rs]):
-                batches[-1].append(part)
-                continue
-        batches.append([part])
-    return batches
+
+    def fits(grown) -> bool:
+        width = max(n for n, _ in grown) + max(sum(lengths[r] - n for r in rs) for n, rs in grown)
+        return len(grown) * width <= _budget(batch_size, [lengths[r] for _, rs in grown for r in rs])
+
+    return _fill(parts, fits)
 
 
 def _packed_logits(model, pad_id: int, seqs: Sequence[Sequence[int]], batch: list[tuple[int, list[int]]],
@@ -309,18 +312,17 @@ def _packed_logits(model, pad_id: int, seqs: Sequence[Sequence[int]], batch: lis
 
 
 # Models whose forward pass honours a 4D attention mask (checked once per model against full sequences).
-_PACKING_WORKS: dict[int, bool] = {}
+_PACKING_WORKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _packable(model) -> bool:
     """Whether rows sharing a prefix can run packed (``_packed_logits``) on this model: its attention
     takes a custom 4D mask (eager or SDPA attention; flash-attention kernels ignore such masks), and a
     two-row probe gives the full sequences' logits. Otherwise they run from the prefix's cache."""
-    key = id(model)
-    if key not in _PACKING_WORKS:
+    if model not in _PACKING_WORKS:
         impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-        _PACKING_WORKS[key] = impl in ("sdpa", "eager") and _probe_packing(model)
-    return _PACKING_WORKS[key]
+        _PACKING_WORKS[model] = impl in ("sdpa", "eager") and _probe_packing(model)
+    return _PACKING_WORKS[model]
 
 
 def _probe_packing(model) -> bool:

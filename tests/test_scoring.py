@@ -192,14 +192,14 @@ def test_packing_probe_rejects_a_model_that_ignores_the_4d_mask(sharp_model):
     handle = model.register_forward_pre_hook(drop_4d_mask, with_kwargs=True)
     try:
         assert not scoring._probe_packing(model)
-        scoring._PACKING_WORKS.pop(id(model), None)
+        scoring._PACKING_WORKS.pop(model, None)
         prefixes, conts = _rows(tok)
         shared = continuation_logprobs(model, tok.pad_token_id, prefixes, conts, batch_size=4)
         full = continuation_logprobs(model, tok.pad_token_id, prefixes, conts, batch_size=4, share_prefixes=False)
         assert max(abs(a - b) for (a, _), (b, _) in zip(shared, full, strict=True)) <= TOLERANCE[torch.float32]
     finally:
         handle.remove()
-        scoring._PACKING_WORKS.pop(id(model), None)
+        scoring._PACKING_WORKS.pop(model, None)
 
 
 def test_shared_batches_and_runs_cover_every_row_once_within_the_token_budget():
