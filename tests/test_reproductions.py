@@ -101,7 +101,23 @@ def test_dpo_frontier_passes_when_dpo_dominates_and_kl_falls_with_beta():
     r = run_check("dpo_frontier", study(dpo), PARAMS)
     assert r.passed, r.lines()
     got = {c.name: c.measured for c in r.criteria}
-    assert got == {"dpo_on_or_above_ppo": 1.0, "beta_kl_spearman": -1.0}
+    # the beta=0.05 point (KL 8) lies beyond 1.25 x PPO's largest KL (6): not compared
+    assert got == {"dpo_on_or_above_ppo": 1.0, "matched_kl_points": 3, "beta_kl_spearman": -1.0}
+    assert r.values["dpo_beyond_ppo_kl_range"] == ["dpo_b0.05"]
+
+
+def test_dpo_frontier_fails_when_dpo_points_lie_beyond_ppos_kl_range():
+    # far above PPO's flat extrapolation, but only one point at a KL that PPO reaches: no matched comparison
+    dpo = [_run("dpo_b0.05", "dpo", 20.0, 0.9, 0.05), _run("dpo_b0.1", "dpo", 12.0, 0.8, 0.1),
+           _run("dpo_b0.5", "dpo", 4.0, 0.36, 0.5)]
+    r = run_check("dpo_frontier", study(dpo), PARAMS)
+    c = {c.name: c for c in r.criteria}
+    assert c["dpo_on_or_above_ppo"].passed and c["beta_kl_spearman"].passed
+    assert c["matched_kl_points"].measured == 1 and not c["matched_kl_points"].passed
+    assert not r.passed
+    assert run_check("dpo_frontier", study(dpo), {**PARAMS, "kl_slack": 2.0}).passed  # 12 <= 2 x 6
+    none = run_check("dpo_frontier", study(dpo[:2]), PARAMS)
+    assert not none.passed and "beyond" in {c.name: c for c in none.criteria}["dpo_on_or_above_ppo"].why
 
 
 def test_dpo_frontier_fails_when_dpo_lies_below_ppo():
