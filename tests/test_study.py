@@ -72,7 +72,7 @@ def test_study_summary_reports_the_check_beside_the_thresholds(study):
     assert s["reproduction/name"] == "dpo_sentiment" and s["reproduction/check"].startswith("DPO's reward-KL")
     assert isinstance(s["reproduction/passed"], bool)
     assert s["reproduction/passed"] == all(s[f"reproduction/{c}/passed"] for c in
-                                           ("dpo_on_or_above_ppo", "beta_kl_spearman"))
+                                           ("dpo_on_or_above_ppo", "matched_kl_points", "beta_kl_spearman"))
     # two DPO runs: the beta-KL criterion needs three, so it fails saying why instead of guessing
     assert s["reproduction/beta_kl_spearman/passed"] is False
     assert "needs >= 3 dpo runs" in s["reproduction/beta_kl_spearman/why"]
@@ -95,7 +95,7 @@ def test_study_wandb_run_holds_the_check(study):
     assert got.returncode == 0, got.stderr
     summary = json.loads(got.stdout)["summary"]
     on_disk = json.loads((out / "summary.json").read_text())
-    for key in ("reproduction/passed", "reproduction/dpo_on_or_above_ppo/measured", "reproduction/check"):
+    for key in ("reproduction/passed", "reproduction/matched_kl_points/measured", "reproduction/check"):
         assert summary[key] == on_disk[key]
 
 
@@ -152,12 +152,12 @@ def test_reproductions_table_reads_the_study_folder(study, capsys):
     found = results.find_studies([tmp])  # found from a folder above the study; member runs are not studies
     assert [s.path for s in found] == [out]
     crit = {c["name"]: c for c in found[0].criteria()}
-    assert set(crit) == {"dpo_on_or_above_ppo", "beta_kl_spearman"}
+    assert set(crit) == {"dpo_on_or_above_ppo", "matched_kl_points", "beta_kl_spearman"}
     assert crit["beta_kl_spearman"]["passed"] is False
     assert results.main([str(tmp), "--out", str(tmp / "table.md")]) == 0
     md = (tmp / "table.md").read_text()
     assert "| dpo_sentiment (2305.18290) | cpu | **fail** |" in md and "experiment=paper/dpo_sentiment_cpu" in md
-    assert (tmp / "table.csv").read_text().count("\n") == 3  # header + two criteria
+    assert (tmp / "table.csv").read_text().count("\n") == 4  # header + three criteria
     (tmp / "empty").mkdir()
     assert results.main([str(tmp / "empty")]) == 2
 
