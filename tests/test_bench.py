@@ -70,3 +70,22 @@ def test_quickstart_rows_from_a_real_run(tiny_model, tiny_overrides, tmp_path):
     total = rows[-1]
     assert total["name"] == "quickstart total" and total["rlaif_s"] > 0
     assert "peak RSS" in total["what"] and 0 < total["peak_fraction"] < 1
+
+
+def test_quickstart_rows_from_the_run_folder_the_user_names(tiny_model, tiny_overrides, tmp_path):
+    """A ``hydra.run.dir=`` among the overrides is where the run lands: its records are read from
+    there and kept."""
+    from rlaif.models import ModelPool
+
+    pool = ModelPool()
+    mine = tmp_path / "mine"
+    # this run turns the cache back on (the user's overrides come last), so it leaves its stages there
+    rows = bench.bench_quickstart([*tiny_overrides, f"hydra.run.dir={mine}", "cache.enabled=true"],
+                                  pool.tokenizer(tiny_model), bench.n_params(pool.model(tiny_model)), 1e10)
+    assert rows[-1]["name"] == "quickstart total" and rows[-1]["rlaif_s"] > 0
+    assert (mine / "summary.json").is_file()
+    # by default the stage cache is off: the same run again computes its stages instead of reading them back
+    again = tmp_path / "again"
+    bench.bench_quickstart([*tiny_overrides, f"hydra.run.dir={again}"], pool.tokenizer(tiny_model),
+                           bench.n_params(pool.model(tiny_model)), 1e10)
+    assert json.loads((again / "summary.json").read_text()).get("cache/hits", 0) == 0

@@ -215,16 +215,22 @@ def bench_ppo(pool, model_name: str, dtype: str, P: int, sizes, peak32: float | 
 
 # ---------------------------------------------------------------------------------------- quickstart
 def bench_quickstart(overrides: list[str], tok, P: int, peak: float | None) -> list[dict]:
-    """Run ``rlaif`` once; per-stage rows from its summary.json, peak RSS of the child process."""
+    """Run ``rlaif`` once, with the stage cache off; per-stage rows from its summary.json, peak RSS
+    of the child process. The run folder is a temporary one, or the ``hydra.run.dir=...`` among
+    ``overrides`` (kept)."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
     with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(given[-1]) if given else Path(tmp, "run")
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "rlaif", f"hydra.run.dir={tmp}/run", *overrides],
+        # cache.enabled=false: every stage is computed, not read back from an earlier identical run
+        proc = subprocess.run([sys.executable, "-m", "rlaif", f"hydra.run.dir={tmp}/run", "cache.enabled=false",
+                               *overrides],
                               capture_output=True, text=True)
         wall = time.perf_counter() - t
         if proc.returncode:
             raise RuntimeError(f"rlaif {' '.join(overrides)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-        summary = json.loads(Path(tmp, "run", "summary.json").read_text())
-        flops = quickstart_flops(Path(tmp, "run"), tok, P)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        flops = quickstart_flops(run_dir, tok, P)
     rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6  # kB on Linux
     rows = [row(f"quickstart {k[5:-2]}", "stage wall time", float(v)) for k, v in summary.items()
             if k.startswith("time/") and k != "time/total_s" and float(v) > 0]
