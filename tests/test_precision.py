@@ -48,6 +48,11 @@ def test_the_rule():
     off = precision.decide(None, False, True, "the CPU has AMX", 145.0)
     assert (off.dtype, off.native_bf16) == ("float32", False) and "not native" in off.reason
     assert precision.decide(None, False, True, "the CPU has AMX", precision.NOT_NATIVE_SLOWDOWN).dtype == "bfloat16"
+    # A busy machine: native bfloat16 timed at 2-4x float32 beside another torch process stays native
+    # (a flip would change a rerun's dtype, its cache keys and its numbers).
+    assert precision.decide(None, False, True, "the CPU has AMX", 4.0).dtype == "bfloat16"
+    assert precision.decide(None, False, None, "", precision.UNKNOWN_NATIVE_SLOWDOWN).dtype == "bfloat16"
+    assert precision.decide(None, False, None, "", 3.0).dtype == "float32"
 
 
 def test_detect_follows_what_torch_reports_on_this_machine():

@@ -232,8 +232,8 @@ def test_study_end_to_end_on_the_tiny_model(tiny_model, tmp_path):
           # the tiny model's random text: VADER scores most of it 0 and can leave no pair at all, so the
           # contrastive judge (which always separates candidates) labels the proxy's pairs
           "judge=contrastive", "judge.dtype=float32", "preferences.min_margin=0.0",
-          "reward_model.batch_size=4", "reward_model.eval_fraction=0", "reward_model.epochs=1",
-          "reward_model.learning_rate=1e-3", "reward_model.mixed_precision=no", "reward_model.judge_dtype=float32",
+          # the config's probe proxy, on the tiny model's first block of two
+          "reward_model.probe_layer=1", "reward_model.eval_fraction=0", "reward_model.judge_dtype=float32",
           "study.analysis_options.samples_per_prompt=4", "study.analysis_options.ns=[1,2,4]",
           "study.analysis_options.num_prompts=2"]
     cfg = compose_config(ov)

@@ -126,7 +126,8 @@ def test_config_keys_reach_the_trl_trainer(tiny_model, tmp_path, started_trainer
     cfg = OmegaConf.to_container(OmegaConf.load(conf_dir() / "reward_model" / "default.yaml"))
     assert cfg["_target_"] == "rlaif.optimizers.reward_model.RewardModelTrainer"
     handled = set(TRL_FIELDS) | {"_target_", "eval_fraction", "min_eval_pairs", "dtype", "mixed_precision", "lora",
-                                 "judge_dtype", "judge_batch_size"}  # the last two are read by the pipeline
+                                 "judge_dtype", "judge_batch_size",  # read by the pipeline
+                                 "method", "probe_layer", "probe_l2"}  # the probe path: tests/test_reward_probe.py
     assert set(cfg) <= handled, f"no check says where reward_model.{set(cfg) - handled} goes"
     started = started_trainers
     values = {**cfg, **TEST_VALUES}

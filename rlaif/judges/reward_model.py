@@ -12,6 +12,10 @@ Tokenizers with a chat template see ``prompt.messages + [assistant response]`` f
 tokenizers without one (older RMs) get the (question, answer) text pair they were trained on.
 Inputs longer than ``max_length`` are truncated from the left: the reward is read at the last
 token, which must stay.
+
+A probe reward model (``reward_model.method=probe``, rlaif/optimizers/reward_model.py) is saved with
+``rlaif_pooling: response_mean`` in its config: its score is the mean of the head's per-token scores
+over the response's tokens (the chat template's closing tokens included) instead of the last token's.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class RewardModelJudge(Judge):
         self.device, self.label, self.label_score = o.device, o.label, o.label_score
         self._tok = self._model = self._resolved = None
         self._label_index: int | None = None
+        self._pooling = "last"
 
     @property
     def name(self) -> str:
@@ -92,6 +97,7 @@ class RewardModelJudge(Judge):
                 resolved.path, dtype=torch_dtype(self.dtype), use_safetensors=True,
                 trust_remote_code=self.trust_remote_code)
             self._label_index = label_index(model.config, self.label, self.model_name)
+            self._pooling = pooling(model, self.model_name)
             if model.config.pad_token_id is None:  # batched scoring finds each row's last token by padding
                 model.config.pad_token_id = tok.pad_token_id
             device = self.device
@@ -106,14 +112,7 @@ class RewardModelJudge(Judge):
     def encode(self, prompt: Prompt, response: str) -> list[int]:
         """Token ids the reward model reads for one (prompt, response) (exposed for tests)."""
         tok, _ = self._load()
-        if tok.chat_template:
-            msgs = [*prompt.messages, {"role": "assistant", "content": response}]
-            text = tok.apply_chat_template(msgs, tokenize=False)
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-        else:
-            user = [m["content"] for m in prompt.messages if m.get("role") == "user"]
-            ids = tok(user[-1] if user else prompt.text, response)["input_ids"]
-        return ids[-self.max_length:]
+        return encode_response(tok, prompt.messages, response, self.max_length, prompt.text)[0]
 
     def _read(self, logits: torch.Tensor) -> torch.Tensor:
         """Each row's score: the one logit, or the configured label's log-odds, logit or probability."""
@@ -133,20 +132,85 @@ class RewardModelJudge(Judge):
         tok, model = self._load()
         pad = model.config.pad_token_id
         device = next(model.parameters()).device
-        seqs = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        encoded = [encode_response(tok, p.messages, r, self.max_length, p.text)
+                   for p, r in zip(prompts, responses, strict=True)]
         out: list[float | None] = []
-        for s in range(0, len(seqs), self.batch_size):
-            batch = seqs[s : s + self.batch_size]
-            width = max(len(x) for x in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for r, seq in enumerate(batch):  # right padding: the head reads the last non-pad token
-                ids[r, : len(seq)] = torch.tensor(seq)
-                attn[r, : len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
-            for v in self._read(logits).tolist():
+        for s in range(0, len(encoded), self.batch_size):
+            batch = encoded[s : s + self.batch_size]
+            ids, attn = right_pad([x[0] for x in batch], pad)
+            ids, attn = ids.to(device), attn.to(device)
+            if self._pooling == "response_mean":
+                values = response_mean_scores(model, ids, attn, [x[1] for x in batch])
+            else:  # the head reads the last non-pad token
+                values = self._read(model(input_ids=ids, attention_mask=attn).logits.float()).tolist()
+            for v in values:
                 out.append(v if v == v and abs(v) != float("inf") else None)
         return out
+
+
+POOLINGS = ("last", "response_mean")
+
+
+def pooling(model, model_name: str) -> str:
+    """How a loaded reward model's score is read: its config's ``rlaif_pooling`` (absent: ``last``)."""
+    kind = getattr(model.config, "rlaif_pooling", None) or "last"
+    if kind not in POOLINGS:
+        raise ValueError(f"{model_name}: config.json has rlaif_pooling={kind!r}; this version of rlaif reads "
+                         f"{' or '.join(POOLINGS)}")
+    if kind == "response_mean" and (int(model.config.num_labels) != 1 or not hasattr(model, "score")):
+        raise ValueError(f"{model_name}: rlaif_pooling=response_mean needs a one-output model with a `score` head "
+                         "(as rlaif's reward_model.method=probe saves)")
+    return kind
+
+
+def encode_response(tok, messages: list[dict], response: str, max_length: int,
+                    fallback_text: str = "") -> tuple[list[int], int]:
+    """(token ids, index of the response's first token) for one chat-formatted (prompt, response),
+    truncated from the left to ``max_length`` tokens. Shared by the judge and the probe trainer, so
+    that a probe is trained on exactly the tokens it later scores."""
+    if tok.chat_template:
+        text = tok.apply_chat_template([*messages, {"role": "assistant", "content": response}], tokenize=False)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        head = tok(tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True),
+                   add_special_tokens=False)["input_ids"]
+        start = 0
+        while start < min(len(head), len(ids)) and head[start] == ids[start]:
+            start += 1  # the shared prefix: the prompt and the assistant header
+    else:
+        user = [m["content"] for m in messages if m.get("role") == "user"]
+        enc = tok(user[-1] if user else fallback_text, response)
+        ids = enc["input_ids"]
+        types = enc.get("token_type_ids")
+        start = types.index(1) if types and 1 in types else len(tok(user[-1] if user else fallback_text)["input_ids"])
+    cut = max(0, len(ids) - max_length)
+    start = min(max(0, start - cut), len(ids) - cut - 1)  # at least one token is read
+    return ids[cut:], start
+
+
+def right_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for r, seq in enumerate(seqs):
+        ids[r, : len(seq)] = torch.tensor(seq)
+        attn[r, : len(seq)] = 1
+    return ids, attn
+
+
+def response_mean_hidden(model, ids: torch.Tensor, attn: torch.Tensor, starts: list[int]) -> torch.Tensor:
+    """[batch, hidden] float32: the backbone's last hidden state averaged over each row's response tokens."""
+    hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state.float()
+    span = attn.clone()
+    for r, s in enumerate(starts):
+        span[r, :s] = 0
+    span = span.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * span).sum(1) / span.sum(1).clamp(min=1)
+
+
+def response_mean_scores(model, ids: torch.Tensor, attn: torch.Tensor, starts: list[int]) -> list[float]:
+    """The head's score of each row's mean response hidden state (= the mean of its per-token scores)."""
+    pooled = response_mean_hidden(model, ids, attn, starts)
+    return model.score(pooled.to(model.score.weight.dtype)).float()[:, 0].tolist()
 
 
 def label_index(config, label: str | int | None, model_name: str) -> int | None:

@@ -6,6 +6,13 @@ The pipeline then uses it as the reward for PPO/GRPO in place of the judge, whic
 and smooth. The saved folder (safetensors, tokenizer, ``num_labels=1``) is what
 ``rlaif.judges.RewardModelJudge`` loads; held-out pair accuracy says how well it learned the judge.
 
+``method: probe`` trains a linear probe instead (a small proxy that trains in one forward pass): the
+policy's first ``probe_layer`` blocks stay frozen, their last hidden state is averaged over each
+response's tokens, and a Bradley-Terry linear head with an L2 penalty (``probe_l2``, on standardised
+features) is fitted to the pairs. The folder saved holds those blocks and the head, with
+``rlaif_pooling: response_mean`` in its config so that the judge reads the score the same way; it
+is about ``probe_layer / num_layers`` as expensive to score with as the policy.
+
 This module only trains and saves; it never calls the judge. With ``checkpoint_dir`` and
 ``save_steps`` it checkpoints like the other Trainer-based optimizers (rlaif/optimizers/checkpoints.py):
 a rerun after a kill resumes from the newest complete checkpoint and ends with the weights and
@@ -19,7 +26,7 @@ import random
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -43,6 +50,9 @@ class RewardModelOptions(TrainingOptions):
     gradient_checkpointing: bool
     judge_dtype: Dtype  # the trained reward model scoring the online optimizer's samples
     judge_batch_size: Count
+    method: Literal["finetune", "probe"]
+    probe_layer: Count | None  # probe: frozen blocks kept (the features are the last one's output); null: all
+    probe_l2: NonNegative  # probe: L2 penalty on the head's weights over standardised features
 
 
 class RewardModelTrainer:
@@ -85,6 +95,8 @@ class RewardModelTrainer:
                              "lower preferences.min_margin")
         output_dir = Path(output_dir)
         train_pairs, eval_pairs = self.split(pairs, seed, self.eval_fraction)
+        if self.method == "probe":
+            return self._train_probe(base_model_path, train_pairs, eval_pairs, output_dir, seed, trust_remote_code)
         tok = load_tokenizer(base_model_path, trust_remote_code)
         model = self._scoring_model(base_model_path, tok, seed, trust_remote_code)
 
@@ -129,6 +141,104 @@ class RewardModelTrainer:
             use_safetensors=True)
         model.config.pad_token_id = tok.pad_token_id  # the head reads each row's last non-pad token
         return model
+
+
+    # ----------------------------------------------------------------------------------- probe
+    def _train_probe(self, base_model_path: str, train_pairs: list, eval_pairs: list, output_dir: Path,
+                     seed: int, trust_remote_code: bool) -> dict[str, float]:
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        from rlaif.judges.reward_model import encode_response
+        from rlaif.models import load_tokenizer, torch_dtype
+        from rlaif.precision import inference_dtype
+
+        config = AutoConfig.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
+        layers = int(config.num_hidden_layers)
+        keep = layers if self.probe_layer is None else self.probe_layer
+        if keep > layers:
+            raise ValueError(f"reward_model.probe_layer={keep}: {base_model_path} has {layers} blocks; use 1 to "
+                             f"{layers} (or null for all of them)")
+        tok = load_tokenizer(base_model_path, trust_remote_code)
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_model_path, num_labels=1, num_hidden_layers=keep, dtype=torch_dtype(inference_dtype(self.judge_dtype)),
+            trust_remote_code=trust_remote_code, use_safetensors=True)
+        model.config.pad_token_id = tok.pad_token_id
+        model.eval().requires_grad_(False)
+
+        def encode(p, side):
+            return encode_response(tok, p.prompt, side[0]["content"], self.max_length)
+
+        rows = [(encode(p, p.chosen), encode(p, p.rejected)) for p in train_pairs + eval_pairs]
+        feats = _pooled_features(model, tok, [x for pair in rows for x in pair], self.judge_batch_size)
+        chosen, rejected = feats[0::2], feats[1::2]
+        n = len(train_pairs)
+        both = torch.cat([chosen[:n], rejected[:n]])
+        std = both.std(0).clamp(min=1e-6)
+        w, loss = _fit_bradley_terry((chosen[:n] - rejected[:n]) / std, self.probe_l2)
+        with torch.no_grad():  # the head on raw features: the standardisation's scale folds into it
+            weight = (w / std).to(model.score.weight.dtype)
+            model.score.weight.copy_(weight.unsqueeze(0))
+            margins = (chosen - rejected) @ weight.float()
+        out = {"reward_model/num_train_pairs": float(n), "reward_model/dropped_long_pairs": 0.0,
+               "reward_model/num_eval_pairs": float(len(eval_pairs)), "reward_model/loss": loss,
+               "reward_model/train_accuracy": float((margins[:n] > 0).float().mean()),
+               "reward_model/probe_layer": float(keep)}
+        if eval_pairs:
+            out["reward_model/accuracy"] = float((margins[n:] > 0).float().mean())
+            out["reward_model/eval_margin"] = float(margins[n:].mean())
+        log.info("reward model (probe on block %d of %d): train accuracy %.3f%s", keep, layers,
+                 out["reward_model/train_accuracy"],
+                 f", held-out {out['reward_model/accuracy']:.3f}" if eval_pairs else "")
+        if distributed.is_main():
+            model.config.rlaif_pooling = "response_mean"
+            model.config.rlaif_probe = {"layer": keep, "of_layers": layers, "l2": self.probe_l2}
+            _save(model, tok, output_dir)
+        return out
+
+
+def _pooled_features(model, tok, encoded: list[tuple[list[int], int]], batch_size: int):
+    """[len(encoded), hidden] float32: each sequence's mean response hidden state, in length-sorted batches."""
+    import torch
+
+    from rlaif.judges.reward_model import response_mean_hidden, right_pad
+
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    out: list = [None] * len(encoded)
+    bar = progress.bar(total=len(encoded), desc="reward model probe features", unit="seq")
+    with torch.no_grad():
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            ids, attn = right_pad([encoded[i][0] for i in idx], tok.pad_token_id)
+            pooled = response_mean_hidden(model, ids, attn, [encoded[i][1] for i in idx])
+            for r, i in enumerate(idx):
+                out[i] = pooled[r]
+            bar.update(len(idx))
+    bar.close()
+    return torch.stack(out)
+
+
+def _fit_bradley_terry(diff, l2: float) -> tuple:
+    """Weights w minimising mean(-log sigmoid(diff @ w)) + l2 * |w|^2 (convex; L-BFGS from w = 0);
+    returns (w, the mean logistic loss without the penalty)."""
+    import torch
+
+    w = torch.zeros(diff.shape[1], dtype=torch.float64, requires_grad=True)
+    x = diff.double()
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = -torch.nn.functional.logsigmoid(x @ w).mean() + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        loss = float(-torch.nn.functional.logsigmoid(x @ w).mean())
+    return w.detach().float(), loss
 
 
 def _log_to(tracker):
