@@ -166,6 +166,8 @@ class RewardModelTrainer:
             trust_remote_code=trust_remote_code, use_safetensors=True)
         model.config.pad_token_id = tok.pad_token_id
         model.eval().requires_grad_(False)
+        if torch.cuda.is_available():  # this process's GPU (one per process under a multi-process launch)
+            model.to(torch.device("cuda", torch.cuda.current_device()))
 
         def encode(p, side):
             return encode_response(tok, p.prompt, side[0]["content"], self.max_length)
@@ -204,6 +206,7 @@ def _pooled_features(model, tok, encoded: list[tuple[list[int], int]], batch_siz
 
     from rlaif.judges.reward_model import response_mean_hidden, right_pad
 
+    device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out: list = [None] * len(encoded)
     bar = progress.bar(total=len(encoded), desc="reward model probe features", unit="seq")
@@ -211,7 +214,7 @@ def _pooled_features(model, tok, encoded: list[tuple[list[int], int]], batch_siz
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             ids, attn = right_pad([encoded[i][0] for i in idx], tok.pad_token_id)
-            pooled = response_mean_hidden(model, ids, attn, [encoded[i][1] for i in idx])
+            pooled = response_mean_hidden(model, ids.to(device), attn.to(device), [encoded[i][1] for i in idx]).cpu()
             for r, i in enumerate(idx):
                 out[i] = pooled[r]
             bar.update(len(idx))
