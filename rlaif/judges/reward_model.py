@@ -29,6 +29,7 @@ from rlaif.criteria import Criterion
 from rlaif.judges.base import Judge, ModelJudgeOptions, with_given
 from rlaif.models import load_tokenizer, resolve_model, torch_dtype
 from rlaif.options import Count
+from rlaif.scoring import chat_prefix_ids
 from rlaif.types import Prompt
 
 
@@ -171,8 +172,7 @@ def encode_response(tok, messages: list[dict], response: str, max_length: int,
     if tok.chat_template:
         text = tok.apply_chat_template([*messages, {"role": "assistant", "content": response}], tokenize=False)
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        head = tok(tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True),
-                   add_special_tokens=False)["input_ids"]
+        head = chat_prefix_ids(tok, list(messages))
         start = 0
         while start < min(len(head), len(ids)) and head[start] == ids[start]:
             start += 1  # the shared prefix: the prompt and the assistant header
